@@ -1,0 +1,287 @@
+"""Data: CIFAR-10 decoded once into uint8 arrays, ImageNet-100 as an image folder.
+
+CIFAR-10 is read from any of these (``data_dir`` may point at the file or folder itself or at a
+folder holding it):
+
+* a torchvision ``cifar-10-batches-py`` folder (``data_batch_1..5``, ``test_batch``);
+* an image-folder tree ``train/<class>/*.jpg|png`` and ``test/<class>/*`` (also under ``cifar10/``);
+* the archive ``cifar10-jpeg.tar.gz`` (the image-folder tree, packed), unpacked once into the cache.
+
+Decoding 60,000 JPEGs takes seconds each time, so each split is decoded once into
+``<cache>/cifar10-<key>/<split>.npz`` (``LGA_ZOO_CACHE``, default ``~/.cache/lga_zoo``).
+Batches come from :class:`TensorBatches`, which augments on the tensor (pad-4 random crop, flip).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+ACCEPTED_LAYOUTS = (
+    "a torchvision 'cifar-10-batches-py' folder (data_batch_1..5, test_batch); "
+    "an image-folder tree 'train/<class>/*.jpg' and 'test/<class>/*.jpg' (optionally under 'cifar10/'); "
+    "or the archive 'cifar10-jpeg.tar.gz' (or a folder holding it)"
+)
+
+
+class DataError(ValueError):
+    """A data directory that is missing or not in an accepted layout."""
+
+
+@dataclass
+class ImageArrays:
+    """A split held in memory: ``images`` uint8 (N, H, W, C), ``labels`` int64 (N,), ``classes``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    name: str = "CIFAR-10"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LGA_ZOO_CACHE", Path.home() / ".cache" / "lga_zoo"))
+
+
+def _source_key(path: Path) -> str:
+    stat = path.stat()
+    text = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _find_cifar_source(data_dir: Path) -> tuple[str, Path]:
+    """(kind, path) of the first accepted layout found at ``data_dir``."""
+    if not data_dir.exists():
+        raise DataError(f"data directory {str(data_dir)!r} does not exist; accepted: {ACCEPTED_LAYOUTS}")
+    if data_dir.is_file():
+        if data_dir.name.endswith((".tar.gz", ".tgz")):
+            return "archive", data_dir
+        raise DataError(
+            f"{str(data_dir)!r} is a file but not a .tar.gz archive; accepted: {ACCEPTED_LAYOUTS}"
+        )
+    candidates = [data_dir, data_dir / "cifar10", data_dir / "cifar-10-batches-py"]
+    for folder in candidates:
+        if (folder / "data_batch_1").is_file() and (folder / "test_batch").is_file():
+            return "batches", folder
+        if (folder / "train").is_dir() and (folder / "test").is_dir():
+            return "folder", folder
+    for name in ("cifar10-jpeg.tar.gz", "cifar10.tar.gz"):
+        if (data_dir / name).is_file():
+            return "archive", data_dir / name
+    found = sorted(p.name for p in data_dir.iterdir())[:10]
+    raise DataError(
+        f"no CIFAR-10 found in {str(data_dir)!r} (it holds {found}); accepted: {ACCEPTED_LAYOUTS}"
+    )
+
+
+def _read_batches(folder: Path, split: str) -> ImageArrays:
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    images, labels = [], []
+    for name in names:
+        with open(folder / name, "rb") as f:
+            # The torchvision CIFAR-10 python format is a pickle of plain arrays and lists (data, not code).
+            batch = pickle.load(f, encoding="latin1")
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.extend(batch["labels"])
+    return ImageArrays(np.concatenate(images), np.asarray(labels, dtype=np.int64), CIFAR10_CLASSES)
+
+
+def read_image_folder(
+    folder: Path, classes: tuple[str, ...] | None = None, size: int | None = None
+) -> ImageArrays:
+    """Decode ``folder/<class>/*`` into RGB uint8 arrays (all images must share one size unless
+    ``size`` resizes them); classes sorted by name unless given."""
+    if not folder.is_dir():
+        raise DataError(f"image folder {str(folder)!r} does not exist; expected '<class>/*.jpg' inside it")
+    classes = classes or tuple(sorted(p.name for p in folder.iterdir() if p.is_dir()))
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            raise DataError(
+                f"class folder {str(class_dir)!r} is missing; expected one folder per class {classes}"
+            )
+        for path in sorted(class_dir.iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if size is not None:
+                    img = img.resize((size, size), Image.BILINEAR)
+                images.append(np.asarray(img, dtype=np.uint8))
+            labels.append(label)
+    if not images:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(folder)!r}")
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise DataError(f"images under {str(folder)!r} have different sizes {sorted(shapes)[:3]}; pass size=")
+    return ImageArrays(np.stack(images), np.asarray(labels, dtype=np.int64), classes)
+
+
+def _unpack_archive(archive: Path, dest: Path) -> Path:
+    """Unpack ``archive`` into ``dest`` once (atomically: a partial unpack is never used)."""
+    done = dest / ".unpacked"
+    if not done.exists():
+        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        if dest.exists():
+            import shutil
+
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+        done.touch()
+    kind, folder = _find_cifar_source(dest)
+    if kind != "folder":
+        raise DataError(f"archive {str(archive)!r} does not hold 'train/<class>' and 'test/<class>' folders")
+    return folder
+
+
+def load_cifar10(data_dir: str | os.PathLike, split: str = "train") -> ImageArrays:
+    """CIFAR-10 ``split`` (``train`` or ``test``) from ``data_dir`` in any accepted layout, decoded
+    once into a cached ``.npz``."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r}; accepted: 'train', 'test'")
+    kind, source = _find_cifar_source(Path(data_dir).expanduser())
+    cache_dir = cache_root() / f"cifar10-{_source_key(source)}"
+    cached = cache_dir / f"{split}.npz"
+    if cached.exists():
+        with np.load(cached, allow_pickle=False) as arrays:
+            if {"images", "labels", "name"} <= set(arrays.files):  # else: an older cache, rebuilt below
+                return ImageArrays(arrays["images"], arrays["labels"], CIFAR10_CLASSES, str(arrays["name"]))
+    if kind == "batches":
+        data = _read_batches(source, split)
+    else:
+        folder = _unpack_archive(source, cache_dir / "unpacked") if kind == "archive" else source
+        data = read_image_folder(folder / split, CIFAR10_CLASSES)
+        first_class = folder / split / CIFAR10_CLASSES[0]
+        if any(p.suffix.lower() in (".jpg", ".jpeg") for p in first_class.iterdir()):
+            data.name = "CIFAR-10 (JPEG copy)"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f"{split}.tmp{os.getpid()}.npz"
+    np.savez(tmp, images=data.images, labels=data.labels, name=np.array(data.name))
+    os.replace(tmp, cached)
+    return data
+
+
+def imagenet100_wnids() -> tuple[str, ...]:
+    """The 100 WordNet ids of the commonly used ImageNet-100 subset (Tian et al., CMC, 2019)."""
+    text = resources.files("lga_zoo").joinpath("imagenet100_wnids.txt").read_text()
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def imagenet100_folder(data_dir: str | os.PathLike, split: str = "train", transform=None):
+    """ImageNet-100 as a torchvision ``ImageFolder`` over ``data_dir/<split>/<wnid>/*``, restricted to
+    the 100 classes of :func:`imagenet100_wnids` (labels 0..99 in that sorted order). ``transform``
+    defaults to none; take it from timm's data config for 224 px models."""
+    from torchvision.datasets import ImageFolder
+
+    root = Path(data_dir).expanduser() / split
+    wnids = tuple(sorted(imagenet100_wnids()))
+    missing = [w for w in wnids if not (root / w).is_dir()]
+    if missing:
+        raise DataError(
+            f"ImageNet-100 at {str(root)!r} lacks {len(missing)} of the 100 class folders "
+            f"(e.g. {missing[:3]}); expected '{split}/<wnid>/*.JPEG' for every id in imagenet100_wnids.txt"
+        )
+
+    class _Subset(ImageFolder):
+        def find_classes(self, directory):
+            return list(wnids), {w: i for i, w in enumerate(wnids)}
+
+    return _Subset(str(root), transform=transform)
+
+
+def augment_cifar(images: Tensor, generator: torch.Generator | None = None, padding: int = 4) -> Tensor:
+    """Pad-``padding`` random crop and random horizontal flip of a float batch (B, C, H, W), one
+    crop offset and flip per image, by gathering from the zero-padded batch."""
+    b, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
+    flip = (torch.rand(b, generator=generator) < 0.5).to(images.device)
+    rows = (dy[:, None] + torch.arange(h, device=images.device)[None]).view(b, 1, h, 1)
+    cols = torch.arange(w, device=images.device)[None].expand(b, w)
+    cols = torch.where(flip[:, None], w - 1 - cols, cols) + dx[:, None]
+    cols = cols.view(b, 1, 1, w)
+    batch_index = torch.arange(b, device=images.device).view(b, 1, 1, 1)
+    channel_index = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
+    return padded[batch_index, channel_index, rows, cols]
+
+
+class TensorBatches:
+    """Batches of (pixels in [0, 1] as float (B, C, H, W), labels) from an :class:`ImageArrays`.
+
+    ``shuffle`` reorders each epoch from ``seed + epoch``; ``augment`` applies :func:`augment_cifar`.
+    Under DDP pass ``rank``/``world_size``: each process takes every ``world_size``-th index of the
+    shared order (the tail is dropped so every rank gets the same number of batches).
+    """
+
+    def __init__(
+        self,
+        data: ImageArrays,
+        batch_size: int,
+        shuffle: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ):
+        self.images = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
+        self.labels = torch.from_numpy(data.labels)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> Tensor:
+        n = len(self.labels)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            per_rank = n // self.world_size
+            order = order[self.rank :: self.world_size][:per_rank]
+        return order
+
+    def __len__(self) -> int:
+        n = len(self._indices())
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        order = self._indices()
+        aug_gen = torch.Generator().manual_seed(10_000 + self.seed * 1_000 + self.epoch * 7 + self.rank)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            if self.drop_last and len(idx) < self.batch_size:
+                break
+            x = self.images[idx].float().div_(255)
+            if self.augment:
+                x = augment_cifar(x, aug_gen)
+            yield x, self.labels[idx]

@@ -1,0 +1,158 @@
+"""A model folder on disk: ``model.safetensors`` + ``config.json`` (+ ``README.md`` card).
+
+``config.json`` uses timm's hub keys (``architecture``, ``num_classes``, ``label_names``,
+``pretrained_cfg`` with mean, std, input size) and adds an ``lga_zoo`` section: activation, the
+regularizer, the recipe, the data and a training summary. Weights are the backbone's state dict in
+safetensors, loaded strictly and never unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .models import ExplainableClassifier, create_backbone
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+
+
+class WeightsError(RuntimeError):
+    """Weights that are missing, corrupted, tampered with or do not match the architecture."""
+
+
+def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def build_config(
+    model: ExplainableClassifier,
+    architecture: str,
+    activation: str,
+    softplus_beta: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """config.json for ``model``: timm's keys plus our ``lga_zoo`` section (``extra`` merged in)."""
+    cfg = model.pretrained_cfg
+    return {
+        "architecture": architecture,
+        "num_classes": len(model.labels) if model.labels else cfg.get("num_classes"),
+        "label_names": model.labels,
+        "pretrained_cfg": {
+            "input_size": list(model.input_size),
+            "mean": list(cfg["mean"]),
+            "std": list(cfg["std"]),
+            "interpolation": model.interpolation,
+            "crop_pct": model.crop_pct,
+        },
+        "lga_zoo": {"activation": activation, "softplus_beta": softplus_beta, **(extra or {})},
+    }
+
+
+def save_weights(model: ExplainableClassifier, out: Path) -> Path:
+    """Write the backbone's weights as ``out/model.safetensors`` atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
+    path = out / WEIGHTS_NAME
+    tmp = out / f".{WEIGHTS_NAME}.tmp{os.getpid()}"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)
+    return path
+
+
+def write_model_folder(model: ExplainableClassifier, config: dict[str, Any], out: str | os.PathLike) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` into ``out``; returns the folder."""
+    out = Path(out)
+    save_weights(model, out)
+    atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise WeightsError(f"{str(path)!r} is missing; a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"{str(path)!r} is not valid JSON: {err}") from None
+
+
+def model_from_config(config: dict[str, Any]) -> ExplainableClassifier:
+    """An untrained :class:`ExplainableClassifier` with the architecture config.json describes."""
+    ours = config.get("lga_zoo", {})
+    cfg = config["pretrained_cfg"]
+    backbone = create_backbone(
+        config["architecture"],
+        num_classes=config["num_classes"],
+        activation=ours.get("activation", "relu"),
+        softplus_beta=ours.get("softplus_beta", 20.0),
+    )
+    return ExplainableClassifier(
+        backbone,
+        mean=cfg["mean"],
+        std=cfg["std"],
+        input_size=cfg["input_size"],
+        labels=config.get("label_names"),
+        interpolation=cfg.get("interpolation", "bilinear"),
+        crop_pct=cfg.get("crop_pct", 1.0),
+    )
+
+
+def load_weights_strict(model: ExplainableClassifier, weights: str | os.PathLike) -> None:
+    """Load safetensors ``weights`` into ``model.backbone`` strictly; a corrupted file or a key or
+    shape mismatch raises :class:`WeightsError` naming the file."""
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(
+            f"cannot read weights {str(weights)!r} (corrupted or not safetensors): {err}"
+        ) from None
+    try:
+        model.backbone.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise WeightsError(f"weights {str(weights)!r} do not match the architecture: {err}") from None
+
+
+def load_model_folder(
+    folder: str | os.PathLike, device: str | torch.device | None = None, expected_sha256: str | None = None
+) -> ExplainableClassifier:
+    """The model in ``folder`` (config.json + model.safetensors), in eval mode, optionally checked
+    against ``expected_sha256``."""
+    folder = Path(folder)
+    config = read_config(folder)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise WeightsError(
+            f"{str(weights)!r} is missing; a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+        )
+    if expected_sha256 is not None:
+        actual = sha256_of(weights)
+        if actual != expected_sha256:
+            raise WeightsError(
+                f"sha256 mismatch for {str(weights)!r}: expected {expected_sha256}, got {actual} "
+                "(the file is corrupted, truncated or was changed)"
+            )
+    model = model_from_config(config)
+    load_weights_strict(model, weights)
+    model.config = config
+    model.eval()
+    return model.to(device) if device is not None else model

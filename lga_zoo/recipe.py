@@ -1,0 +1,204 @@
+"""Training recipes: one YAML per checkpoint, validated key by key.
+
+A recipe names the architecture, the initialization, the data, the schedule, the regularizer and
+the seed. Every key is checked: an unknown key or a bad value raises :class:`RecipeError` naming the
+key and what is valid (with close matches for misspellings).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .models import ACTIVATIONS
+from .regularizers import PERTURBATIONS, REGULARIZERS
+
+DATASETS = ("cifar10",)
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "steps")
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+class RecipeError(ValueError):
+    """A recipe with an unknown key or an invalid value."""
+
+
+def _check_keys(section: str, given: dict, allowed: list[str]) -> None:
+    for key in given:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=3)
+            hint = f" Did you mean {close}?" if close else ""
+            raise RecipeError(f"unknown key {section}{key!r}.{hint} Valid keys: {sorted(allowed)}")
+
+
+def _check_choice(key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise RecipeError(f"{key}={value!r} is not valid; choose one of {list(choices)}")
+
+
+def _check_number(key: str, value: Any, low: float | None = None, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise RecipeError(f"{key}={value!r} must be {'an integer' if integer else 'a number'}")
+    if low is not None and value < low:
+        raise RecipeError(f"{key}={value!r} must be >= {low}")
+
+
+REGULARIZER_PARAMS = {
+    "none": [],
+    "lga": ["eps", "lambda_l2", "lambda_cos", "perturbation", "detach_source"],
+    "lga_l2": ["eps", "lambda_l2", "perturbation", "detach_source"],
+    "lga_cos": ["eps", "lambda_cos", "perturbation", "detach_source"],
+    "gradnorm": ["lam"],
+    "hessian": ["lam", "fd_step"],
+}
+
+
+@dataclass
+class Recipe:
+    """A validated training recipe (see ``recipes/*.yaml`` for commented examples)."""
+
+    name: str
+    architecture: str
+    init: str = "scratch"  # scratch | pretrained (timm weights) | path to one of our model folders
+    activation: str = "relu"
+    softplus_beta: float = 20.0
+    dataset: str = "cifar10"
+    epochs: int = 1
+    batch_size: int = 128
+    optimizer: dict = field(
+        default_factory=lambda: {
+            "name": "sgd",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "nesterov": True,
+        }
+    )
+    schedule: dict = field(default_factory=lambda: {"name": "cosine", "warmup_epochs": 0})
+    regularizer: dict = field(default_factory=lambda: {"name": "none"})
+    seed: int = 0
+    amp: str = "bf16"  # used on GPU only
+    channels_last: bool = True  # used on GPU only
+    eval_every: int = 1
+    max_train_images: int | None = None  # a subset, for smoke tests
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise RecipeError(f"name={self.name!r} must be a non-empty string")
+        if not isinstance(self.architecture, str) or not self.architecture:
+            raise RecipeError(f"architecture={self.architecture!r} must name a timm architecture")
+        import timm
+
+        if not timm.is_model(self.architecture):
+            close = difflib.get_close_matches(self.architecture, timm.list_models(), n=3)
+            raise RecipeError(f"architecture={self.architecture!r} is not a timm model; close: {close}")
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_number("softplus_beta", self.softplus_beta, low=1e-6)
+        _check_choice("dataset", self.dataset, DATASETS)
+        _check_number("epochs", self.epochs, low=1, integer=True)
+        _check_number("batch_size", self.batch_size, low=1, integer=True)
+        _check_number("seed", self.seed, low=0, integer=True)
+        _check_number("eval_every", self.eval_every, low=1, integer=True)
+        _check_choice("amp", self.amp, AMP_MODES)
+        if not isinstance(self.channels_last, bool):
+            raise RecipeError(f"channels_last={self.channels_last!r} must be true or false")
+        if self.max_train_images is not None:
+            _check_number("max_train_images", self.max_train_images, low=1, integer=True)
+        if not isinstance(self.init, str):
+            raise RecipeError(
+                f"init={self.init!r} must be 'scratch', 'pretrained' or a path to a model folder"
+            )
+
+        opt = dict(self.optimizer)
+        _check_choice("optimizer.name", opt.get("name"), OPTIMIZERS)
+        allowed = ["name", "lr", "weight_decay"] + (
+            ["momentum", "nesterov"] if opt["name"] == "sgd" else ["betas"]
+        )
+        _check_keys("optimizer.", opt, allowed)
+        _check_number("optimizer.lr", opt.get("lr"), low=0)
+        _check_number("optimizer.weight_decay", opt.get("weight_decay", 0.0), low=0)
+
+        sched = dict(self.schedule)
+        _check_choice("schedule.name", sched.get("name"), SCHEDULES)
+        allowed = ["name", "warmup_epochs"] + (
+            ["milestones", "gamma"] if sched["name"] == "steps" else ["min_lr"]
+        )
+        _check_keys("schedule.", sched, allowed)
+        _check_number("schedule.warmup_epochs", sched.get("warmup_epochs", 0), low=0)
+        if sched["name"] == "steps":
+            milestones = sched.get("milestones")
+            if not isinstance(milestones, list) or not all(isinstance(m, int) and m > 0 for m in milestones):
+                raise RecipeError(
+                    f"schedule.milestones={milestones!r} must be a list of positive epoch numbers"
+                )
+            _check_number("schedule.gamma", sched.get("gamma", 0.1), low=0)
+
+        reg = dict(self.regularizer)
+        _check_choice("regularizer.name", reg.get("name"), REGULARIZERS)
+        _check_keys("regularizer.", reg, ["name"] + REGULARIZER_PARAMS[reg["name"]])
+        for key in ("eps", "lambda_l2", "lambda_cos", "lam", "fd_step"):
+            if key in reg:
+                _check_number(f"regularizer.{key}", reg[key], low=0)
+        if "eps" in reg and reg["eps"] > 1:
+            raise RecipeError(
+                f"regularizer.eps={reg['eps']} is in pixel units and must be <= 1 (CIFAR-10: 4/255)"
+            )
+        if "perturbation" in reg:
+            _check_choice("regularizer.perturbation", reg["perturbation"], PERTURBATIONS)
+
+    def regularizer_params(self) -> dict:
+        return {k: v for k, v in self.regularizer.items() if k != "name"}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _parse_fraction(value: Any) -> Any:
+    """Allow eps written as '4/255' in YAML."""
+    if isinstance(value, str) and "/" in value:
+        num, den = value.split("/", 1)
+        try:
+            return float(num) / float(den)
+        except ValueError:
+            return value
+    return value
+
+
+def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
+    """Validate a parsed recipe; errors name ``source`` and the offending key."""
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: a recipe is a mapping of keys, got {type(raw).__name__}")
+    allowed = [f.name for f in fields(Recipe)]
+    try:
+        _check_keys("", raw, allowed)
+        for required in ("name", "architecture"):
+            if required not in raw:
+                raise RecipeError(f"missing required key {required!r}")
+        raw = dict(raw)
+        if isinstance(raw.get("regularizer"), dict):
+            raw["regularizer"] = {k: _parse_fraction(v) for k, v in raw["regularizer"].items()}
+        for section in ("optimizer", "schedule", "regularizer"):
+            if section in raw and not isinstance(raw[section], dict):
+                raise RecipeError(f"{section} must be a mapping with a 'name', got {raw[section]!r}")
+        return Recipe(**raw)
+    except RecipeError as err:
+        raise RecipeError(f"{source}: {err}") from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {str(path)!r} does not exist")
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    return recipe_from_dict(raw, source=str(path))

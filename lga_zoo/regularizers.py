@@ -1,0 +1,217 @@
+"""Training losses: cross-entropy plus a gradient regularizer.
+
+Local Gradient Alignment (Joo et al., AAAI 2023) and its baselines. Every regularizer is called as
+``reg(model, x, y)`` on pixels ``x`` in [0, 1] (the model normalizes its own input) and returns a
+:class:`RegularizedLoss` holding the total loss, the logits at ``x`` and the loss parts for logging.
+
+All of them share :func:`true_class_input_grad`, the gradient of the true-class logit (summed over
+the batch, so row i is the gradient of sample i's own logit) with respect to the input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PERTURBATIONS = ("uniform", "gaussian", "grad")
+REGULARIZERS = ("none", "lga", "lga_l2", "lga_cos", "gradnorm", "hessian")
+
+
+@dataclass
+class RegularizedLoss:
+    """What a regularizer returns: ``loss`` to backpropagate, ``logits`` at the clean input and
+    ``parts`` (detached scalars: ``ce``, the regularizer's own terms, ``total``) for logging."""
+
+    loss: Tensor
+    logits: Tensor
+    parts: dict[str, Tensor] = field(default_factory=dict)
+
+
+def true_class_input_grad(
+    model: nn.Module, x: Tensor, y: Tensor, create_graph: bool
+) -> tuple[Tensor, Tensor]:
+    """Logits of ``model`` at ``x`` and d f_y(x) / dx, one row per sample.
+
+    ``x`` must require grad. With ``create_graph`` the gradient can itself be differentiated (the
+    double backward that every gradient regularizer needs); the logits keep their graph either way.
+    """
+    logits = model(x)
+    true_logit_sum = logits.gather(1, y[:, None]).sum()
+    (grad,) = torch.autograd.grad(true_logit_sum, x, create_graph=create_graph, retain_graph=True)
+    return logits, grad
+
+
+def _flat(t: Tensor) -> Tensor:
+    return t.flatten(1)
+
+
+class Regularizer(nn.Module):
+    """Base class: plain cross-entropy (``name == "none"``)."""
+
+    name = "none"
+
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None):
+        logits = model(x)
+        ce = F.cross_entropy(logits, y)
+        return RegularizedLoss(ce, logits, {"ce": ce.detach(), "total": ce.detach()})
+
+    def settings(self) -> dict:
+        """The regularizer's name and parameters, as recorded in config.json and the model card."""
+        return {"name": self.name}
+
+
+class LGA(Regularizer):
+    """Local Gradient Alignment: CE + lambda_l2 * mean ||g - g'||^2 + lambda_cos * mean (1 - cos(g, g'))/2.
+
+    g is the true-class logit gradient at x, g' at x' = x + z. ``eps`` is in pixel units ([0, 1]
+    images, 4/255 for CIFAR-10). ``perturbation``: ``uniform`` (z ~ U[-eps, eps] per pixel),
+    ``gaussian`` (z ~ N(0, eps^2)) or ``grad`` (z = eps * sign(g), a step along the gradient).
+    ``detach_source`` (default) treats g as a constant: only g' carries the double backward.
+    Set ``lambda_l2`` or ``lambda_cos`` to 0 for the l2-only or cosine-only ablations.
+    """
+
+    name = "lga"
+
+    def __init__(
+        self,
+        eps: float = 4 / 255,
+        lambda_l2: float = 0.01,
+        lambda_cos: float = 0.1,
+        perturbation: str = "uniform",
+        detach_source: bool = True,
+    ):
+        super().__init__()
+        if perturbation not in PERTURBATIONS:
+            raise ValueError(f"perturbation={perturbation!r} is not one of {PERTURBATIONS}")
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"eps={eps} must be in [0, 1] (pixel units; 4/255 for CIFAR-10)")
+        if lambda_l2 < 0 or lambda_cos < 0:
+            raise ValueError(f"lambda_l2={lambda_l2} and lambda_cos={lambda_cos} must be >= 0")
+        self.eps = float(eps)
+        self.lambda_l2 = float(lambda_l2)
+        self.lambda_cos = float(lambda_cos)
+        self.perturbation = perturbation
+        self.detach_source = bool(detach_source)
+
+    def perturb(self, x: Tensor, grad: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The nearby point x' = x + z (no clipping to [0, 1])."""
+        if self.perturbation == "uniform":
+            z = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+            z = z * self.eps
+        elif self.perturbation == "gaussian":
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * self.eps
+        else:
+            z = self.eps * grad.detach().sign()
+        return x.detach() + z
+
+    def forward(self, model, x, y, generator=None):
+        x = x.detach().requires_grad_(True)
+        logits, g = true_class_input_grad(model, x, y, create_graph=not self.detach_source)
+        if self.detach_source:
+            g = g.detach()
+        x_near = self.perturb(x, g, generator).requires_grad_(True)
+        _, g_near = true_class_input_grad(model, x_near, y, create_graph=True)
+        ce = F.cross_entropy(logits, y)
+        l2 = (_flat(g) - _flat(g_near)).pow(2).sum(1).mean()
+        cos = ((1 - F.cosine_similarity(_flat(g), _flat(g_near), dim=1, eps=1e-12)) / 2).mean()
+        total = ce + self.lambda_l2 * l2 + self.lambda_cos * cos
+        parts = {"ce": ce.detach(), "l2": l2.detach(), "cos": cos.detach(), "total": total.detach()}
+        return RegularizedLoss(total, logits, parts)
+
+    def settings(self):
+        return {
+            "name": self.name,
+            "eps": self.eps,
+            "lambda_l2": self.lambda_l2,
+            "lambda_cos": self.lambda_cos,
+            "perturbation": self.perturbation,
+            "detach_source": self.detach_source,
+        }
+
+
+class GradNorm(Regularizer):
+    """Gradient-norm baseline: CE + lam * mean_i ||g_i||^2."""
+
+    name = "gradnorm"
+
+    def __init__(self, lam: float = 0.01):
+        super().__init__()
+        self.lam = float(lam)
+
+    def forward(self, model, x, y, generator=None):
+        x = x.detach().requires_grad_(True)
+        logits, g = true_class_input_grad(model, x, y, create_graph=True)
+        ce = F.cross_entropy(logits, y)
+        gradnorm = _flat(g).pow(2).sum(1).mean()
+        total = ce + self.lam * gradnorm
+        parts = {"ce": ce.detach(), "gradnorm": gradnorm.detach(), "total": total.detach()}
+        return RegularizedLoss(total, logits, parts)
+
+    def settings(self):
+        return {"name": self.name, "lam": self.lam}
+
+
+class HessianNorm(Regularizer):
+    """Hessian-norm baseline: CE + lam * mean_i ||H_i v_i||^2 with v ~ N(0, I).
+
+    E_v ||H v||^2 = ||H||_F^2, so this is a one-sample estimate of the squared Frobenius norm of the
+    input Hessian of the true-class logit. H v is a finite difference of input gradients,
+    (g(x + h v) - g(x)) / h, exact for quadratics; it needs only a double backward (an exact
+    Hessian-vector product would need third derivatives, which batch norm in training mode lacks)
+    and, like CURE, it also sees the curvature of piecewise-linear ReLU networks. ``fd_step`` is h.
+    """
+
+    name = "hessian"
+
+    def __init__(self, lam: float = 1e-4, fd_step: float = 1e-2):
+        super().__init__()
+        if fd_step <= 0:
+            raise ValueError(f"fd_step={fd_step} must be > 0")
+        self.lam = float(lam)
+        self.fd_step = float(fd_step)
+
+    def hessian_vector_sq_norm(
+        self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Logits at ``x`` and ||H_i v_i||^2 per sample for one draw of v."""
+        x = x.detach().requires_grad_(True)
+        logits, g = true_class_input_grad(model, x, y, create_graph=True)
+        v = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_step = (x.detach() + self.fd_step * v).requires_grad_(True)
+        _, g_step = true_class_input_grad(model, x_step, y, create_graph=True)
+        hv = (g_step - g) / self.fd_step
+        return logits, _flat(hv).pow(2).sum(1)
+
+    def forward(self, model, x, y, generator=None):
+        logits, hv_sq = self.hessian_vector_sq_norm(model, x, y, generator)
+        ce = F.cross_entropy(logits, y)
+        hessian = hv_sq.mean()
+        total = ce + self.lam * hessian
+        parts = {"ce": ce.detach(), "hessian": hessian.detach(), "total": total.detach()}
+        return RegularizedLoss(total, logits, parts)
+
+    def settings(self):
+        return {"name": self.name, "lam": self.lam, "fd_step": self.fd_step}
+
+
+def build_regularizer(name: str, **params) -> Regularizer:
+    """A regularizer by name: ``none``, ``lga``, ``lga_l2`` (cosine term off), ``lga_cos`` (l2 term
+    off), ``gradnorm`` or ``hessian``, with its parameters as keywords."""
+    if name == "none":
+        if params:
+            raise ValueError(f"regularizer 'none' takes no parameters, got {sorted(params)}")
+        return Regularizer()
+    if name == "lga":
+        return LGA(**params)
+    if name == "lga_l2":
+        return LGA(**{**params, "lambda_cos": 0.0})
+    if name == "lga_cos":
+        return LGA(**{**params, "lambda_l2": 0.0})
+    if name == "gradnorm":
+        return GradNorm(**params)
+    if name == "hessian":
+        return HessianNorm(**params)
+    raise ValueError(f"unknown regularizer {name!r}; choose one of {REGULARIZERS}")

@@ -1,0 +1,397 @@
+"""Training engine: `lga-zoo train RECIPE.yaml` or `torchrun --nproc_per_node=N -m lga_zoo.train ...`.
+
+One process per device; under ``torchrun`` the processes form a DDP group (NCCL on GPU, gloo on
+CPU). The regularized loss is computed inside one DDP forward (:class:`LossStep`), so the double
+backward of LGA and the Hessian baseline stays inside a single backward pass.
+
+Each epoch writes ``OUT/checkpoint.pt`` atomically (model, optimizer, scheduler, scaler, RNG states,
+epoch) and one JSON line to ``OUT/log.jsonl``; ``--resume`` continues from it. A non-finite loss
+stops the run and keeps the last good checkpoint. At the end ``OUT/model/`` holds
+``model.safetensors`` and ``config.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .data import CIFAR10_CLASSES, TensorBatches, load_cifar10
+from .folder import build_config, load_model_folder, write_model_folder
+from .models import ExplainableClassifier, create_backbone
+from .recipe import Recipe, load_recipe
+from .regularizers import Regularizer, build_regularizer
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.jsonl"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class LossStep(nn.Module):
+    """model + regularizer as one module, so DDP sees one forward and one backward per step."""
+
+    def __init__(self, model: ExplainableClassifier, regularizer: Regularizer):
+        super().__init__()
+        self.model = model
+        self.regularizer = regularizer
+
+    def forward(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None):
+        out = self.regularizer(self.model, x, y, generator)
+        return out.loss, out.logits, out.parts
+
+
+def build_model(recipe: Recipe, num_classes: int, labels: tuple[str, ...]) -> ExplainableClassifier:
+    """The recipe's architecture, initialized from scratch, timm weights or one of our folders."""
+    if recipe.init not in ("scratch", "pretrained"):
+        model = load_model_folder(recipe.init)
+        if model.config["architecture"] != recipe.architecture:
+            raise ValueError(
+                f"init folder {recipe.init!r} holds a {model.config['architecture']}, "
+                f"but the recipe trains a {recipe.architecture}"
+            )
+        from .models import set_activation
+
+        set_activation(model.backbone, recipe.activation, recipe.softplus_beta)
+        model.train()
+        return model
+    backbone = create_backbone(
+        recipe.architecture,
+        num_classes,
+        recipe.activation,
+        recipe.softplus_beta,
+        pretrained=recipe.init == "pretrained",
+    )
+    cfg = backbone.pretrained_cfg
+    return ExplainableClassifier(
+        backbone,
+        mean=cfg["mean"],
+        std=cfg["std"],
+        input_size=cfg.get("input_size", (3, 32, 32)),
+        labels=labels,
+        interpolation=cfg.get("interpolation", "bilinear"),
+        crop_pct=cfg.get("crop_pct", 1.0),
+    )
+
+
+def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+    opt = dict(recipe.optimizer)
+    name = opt.pop("name")
+    decay, no_decay = [], []
+    for pname, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or pname.endswith(".bias") else decay).append(p)
+    wd = opt.pop("weight_decay", 0.0)
+    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    if name == "sgd":
+        return torch.optim.SGD(
+            groups, lr=opt["lr"], momentum=opt.get("momentum", 0.9), nesterov=opt.get("nesterov", False)
+        )
+    return torch.optim.AdamW(groups, lr=opt["lr"], betas=tuple(opt.get("betas", (0.9, 0.999))))
+
+
+def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` (warmup, then cosine or steps)."""
+    sched = recipe.schedule
+    epoch = step / steps_per_epoch
+    warmup = sched.get("warmup_epochs", 0)
+    if warmup and epoch < warmup:
+        return (step + 1) / (warmup * steps_per_epoch)
+    if sched["name"] == "steps":
+        passed = sum(epoch >= m for m in sched["milestones"])
+        return sched.get("gamma", 0.1) ** passed
+    total = recipe.epochs * steps_per_epoch
+    progress = (step - warmup * steps_per_epoch) / max(1, total - warmup * steps_per_epoch)
+    min_factor = sched.get("min_lr", 0.0) / recipe.optimizer["lr"] if recipe.optimizer["lr"] else 0.0
+    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+RESUMABLE_CHANGES = ("epochs", "eval_every")
+
+
+def _check_same_recipe(saved: dict, current: dict, ckpt_path: Path) -> None:
+    """A resumed run must use the recipe its checkpoint was made with (epochs may grow)."""
+    changed = sorted(
+        k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+    )
+    if changed:
+        detail = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"cannot resume {ckpt_path}: the recipe changed ({detail}). "
+            "Use a new --out folder, or restore the recipe."
+        )
+
+
+def _rank_world() -> tuple[int, int, int]:
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    return 0, 1, 0
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: nn.Module,
+    batches: TensorBatches,
+    device: torch.device,
+    channels_last: bool = False,
+    world_size: int = 1,
+) -> float:
+    """Top-1 accuracy over ``batches`` (summed over DDP ranks when ``world_size`` > 1)."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), device=device)
+    count = torch.zeros((), device=device)
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        correct += (model(x).argmax(1) == y).sum()
+        count += len(y)
+    if world_size > 1:
+        dist.all_reduce(correct)
+        dist.all_reduce(count)
+    model.train(was_training)
+    return (correct / count.clamp(min=1)).item()
+
+
+def train(
+    recipe: Recipe,
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train ``recipe`` on the data in ``data_dir``, writing checkpoints, the log and the final model
+    folder under ``out``; returns the model folder (``out/model``)."""
+    rank, world_size, local_rank = _rank_world()
+    out = Path(out)
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    is_main = rank == 0
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(recipe.seed + rank)
+    train_data = load_cifar10(data_dir, "train")
+    test_data = load_cifar10(data_dir, "test")
+    if recipe.max_train_images:
+        from .data import ImageArrays
+
+        # A seeded random subset: the arrays are ordered by class.
+        subset = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(recipe.seed))
+        subset = subset[: recipe.max_train_images].numpy()
+        train_data = ImageArrays(
+            train_data.images[subset], train_data.labels[subset], train_data.classes, train_data.name
+        )
+    train_batches = TensorBatches(
+        train_data,
+        recipe.batch_size,
+        shuffle=True,
+        augment=True,
+        seed=recipe.seed,
+        rank=rank,
+        world_size=world_size,
+        drop_last=True,
+    )
+    test_batches = TensorBatches(test_data, 500, rank=rank, world_size=world_size)
+    if len(train_batches) == 0:
+        raise ValueError(
+            f"batch_size={recipe.batch_size} is larger than the {len(train_data)} training images"
+        )
+
+    model = build_model(recipe, len(CIFAR10_CLASSES), CIFAR10_CLASSES).to(device)
+    use_cuda = device.type == "cuda"
+    channels_last = recipe.channels_last and use_cuda
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    regularizer = build_regularizer(recipe.regularizer["name"], **recipe.regularizer_params())
+    step_module: nn.Module = LossStep(model, regularizer)
+    if world_size > 1:
+        step_module = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[device.index] if use_cuda else None
+        )
+    optimizer = build_optimizer(recipe, model)
+    steps_per_epoch = len(train_batches)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(recipe, s, steps_per_epoch))
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.amp) if use_cuda else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    noise_gen = torch.Generator(device=device).manual_seed(recipe.seed * 1000 + rank)
+
+    start_epoch = 0
+    ckpt_path = out / CHECKPOINT_NAME
+    if resume and ckpt_path.is_file():
+        # weights_only=True: the safe loader, which refuses arbitrary pickled objects.
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        _check_same_recipe(json.loads(ckpt["recipe"]), recipe.to_dict(), ckpt_path)
+        model.load_state_dict(ckpt["model"], strict=True)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["cpu_rng"])
+        noise_gen.set_state(ckpt["noise_rng"].to("cpu") if not use_cuda else ckpt["noise_rng"].cpu())
+        start_epoch = ckpt["epoch"]
+        if is_main:
+            print(f"resumed from {ckpt_path} after epoch {start_epoch}", file=sys.stderr)
+    elif resume and is_main:
+        print(f"--resume: no checkpoint at {ckpt_path}; starting from epoch 0", file=sys.stderr)
+
+    test_acc = float("nan")
+    for epoch in range(start_epoch, recipe.epochs):
+        model.train()
+        train_batches.set_epoch(epoch)
+        sums: dict[str, float] = {}
+        correct = seen = 0
+        started = time.time()
+        bar = tqdm(
+            train_batches,
+            desc=f"epoch {epoch + 1}/{recipe.epochs}",
+            disable=not (progress and is_main),
+            dynamic_ncols=True,
+            leave=False,
+        )
+        for x, y in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss, logits, parts = step_module(x, y, noise_gen)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at epoch {epoch + 1} (parts: "
+                    f"{ {k: round(v.item(), 4) for k, v in parts.items()} }); the last good checkpoint "
+                    f"{ckpt_path} is kept. Lower the learning rate or the regularizer's lambdas."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.set_postfix(
+                {**{k: f"{v / seen:.3f}" for k, v in sums.items()}, "acc": f"{correct / seen:.3f}"}
+            )
+        bar.close()
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            **{k: v / seen for k, v in sums.items()},
+            "train_acc": correct / seen,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.time() - started, 1),
+            "images_per_second": round(seen * world_size / (time.time() - started), 1),
+        }
+        if (epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs:
+            test_acc = evaluate_accuracy(model, test_batches, device, channels_last, world_size)
+            record["test_acc"] = test_acc
+        if is_main:
+            _atomic_torch_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "cpu_rng": torch.get_rng_state(),
+                    "noise_rng": noise_gen.get_state(),
+                    "epoch": epoch + 1,
+                    "recipe": json.dumps(recipe.to_dict()),
+                },
+                ckpt_path,
+            )
+            with open(out / LOG_NAME, "a") as log:
+                log.write(json.dumps(record) + "\n")
+            print(json.dumps(record), file=sys.stderr if progress else sys.stdout)
+
+    folder = out / "model"
+    if is_main:
+        model_cpu = model.to("cpu", memory_format=torch.contiguous_format).eval()
+        config = build_config(
+            model_cpu,
+            recipe.architecture,
+            recipe.activation,
+            recipe.softplus_beta,
+            extra={
+                "name": recipe.name,
+                "regularizer": regularizer.settings(),
+                "recipe": recipe.to_dict(),
+                "data": {
+                    "name": "CIFAR-10 (JPEG copy)" if "jpeg" in str(data_dir) else "CIFAR-10",
+                    "train_images": len(train_data),
+                    "test_images": len(test_data),
+                },
+                "training": {
+                    "epochs": recipe.epochs,
+                    "final_test_acc": test_acc,
+                    "world_size": world_size,
+                    "device": device.type,
+                },
+            },
+        )
+        write_model_folder(model_cpu, config, folder)
+    if world_size > 1:
+        dist.barrier()
+    return folder
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="lga-zoo train", description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", help="recipe YAML (recipes/NAME.yaml)")
+    parser.add_argument(
+        "--data-dir",
+        required=True,
+        help="CIFAR-10: cifar-10-batches-py, train/ and test/ class folders, or cifar10-jpeg.tar.gz",
+    )
+    parser.add_argument("--out", help="output folder (default runs/<recipe name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> Path:
+    recipe = load_recipe(args.recipe)
+    if args.epochs:
+        recipe.epochs = args.epochs
+        recipe.validate()
+    out = args.out or os.path.join("runs", recipe.name)
+    folder = train(
+        recipe, args.data_dir, out, resume=args.resume, device=args.device, progress=not args.no_progress
+    )
+    if _rank_world()[0] == 0:
+        print(f"model folder: {folder}")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_from_args(build_parser().parse_args(argv))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

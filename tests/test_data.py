@@ -1,0 +1,104 @@
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from lga_zoo.data import (
+    CIFAR10_CLASSES,
+    DataError,
+    TensorBatches,
+    augment_cifar,
+    imagenet100_folder,
+    imagenet100_wnids,
+    load_cifar10,
+)
+
+
+def test_image_folder_layout(tiny_cifar):
+    train = load_cifar10(tiny_cifar, "train")
+    test = load_cifar10(tiny_cifar, "test")
+    assert train.images.shape == (60, 32, 32, 3) and train.images.dtype == np.uint8
+    assert test.images.shape == (20, 32, 32, 3)
+    assert np.bincount(train.labels).tolist() == [6] * 10
+    assert train.classes == CIFAR10_CLASSES
+    # The cache gives back the same arrays.
+    again = load_cifar10(tiny_cifar, "train")
+    assert np.array_equal(again.images, train.images) and np.array_equal(again.labels, train.labels)
+
+
+def test_archive_and_batches_layouts_agree(tiny_cifar, tmp_path):
+    archive = tmp_path / "cifar10-jpeg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tiny_cifar / "train", arcname="cifar10/train")
+        tar.add(tiny_cifar / "test", arcname="cifar10/test")
+    from_archive = load_cifar10(tmp_path, "test")  # the folder holding the archive
+    reference = load_cifar10(tiny_cifar, "test")
+    assert np.array_equal(from_archive.images, reference.images)
+
+    batches = tmp_path / "b" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    train = load_cifar10(tiny_cifar, "train")
+    chunks = np.array_split(np.arange(len(train)), 5)
+    for i, idx in enumerate(chunks, 1):
+        data = train.images[idx].transpose(0, 3, 1, 2).reshape(len(idx), -1)
+        with open(batches / f"data_batch_{i}", "wb") as f:
+            pickle.dump({"data": data, "labels": train.labels[idx].tolist()}, f)
+    data = reference.images.transpose(0, 3, 1, 2).reshape(len(reference), -1)
+    with open(batches / "test_batch", "wb") as f:
+        pickle.dump({"data": data, "labels": reference.labels.tolist()}, f)
+    from_batches = load_cifar10(tmp_path / "b", "train")
+    assert np.array_equal(from_batches.images, train.images)
+    assert np.array_equal(from_batches.labels, train.labels)
+
+
+def test_missing_and_malformed_data_dir(tmp_path):
+    with pytest.raises(DataError, match="does not exist.*cifar-10-batches-py"):
+        load_cifar10(tmp_path / "nope")
+    (tmp_path / "junk.txt").write_text("x")
+    with pytest.raises(DataError, match="no CIFAR-10 found.*junk.txt.*accepted"):
+        load_cifar10(tmp_path)
+    with pytest.raises(ValueError, match="split='val'"):
+        load_cifar10(tmp_path, "val")
+
+
+def test_augment_is_a_padded_crop_or_its_mirror():
+    x = torch.rand(64, 3, 8, 8)
+    out = augment_cifar(x, torch.Generator().manual_seed(0), padding=2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    kinds = set()
+    for i in range(64):
+        found = None
+        for dy in range(5):
+            for dx in range(5):
+                crop = padded[i, :, dy : dy + 8, dx : dx + 8]
+                if torch.equal(out[i], crop):
+                    found = "plain"
+                elif torch.equal(out[i], crop.flip(-1)):
+                    found = "flip"
+        assert found is not None, f"image {i} is not a crop of the padded input"
+        kinds.add(found)
+    assert kinds == {"plain", "flip"}
+
+
+def test_tensor_batches_shard_without_overlap(tiny_cifar):
+    data = load_cifar10(tiny_cifar, "train")
+    seen = []
+    for rank in range(2):
+        batches = TensorBatches(data, 7, shuffle=True, seed=3, rank=rank, world_size=2)
+        batches.set_epoch(1)
+        for x, _ in batches:
+            assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+            seen.append(x)
+    images = torch.cat(seen)
+    assert len(images) == 60
+    assert len({tuple(im.flatten()[:20].tolist()) for im in images}) == 60
+
+
+def test_imagenet100_list_and_folder_errors(tmp_path):
+    wnids = imagenet100_wnids()
+    assert len(wnids) == 100 == len(set(wnids))
+    assert all(w.startswith("n") and len(w) == 9 for w in wnids)
+    with pytest.raises(DataError, match="lacks 100 of the 100"):
+        imagenet100_folder(tmp_path, "train")

@@ -1,0 +1,188 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from lga_zoo.folder import load_model_folder
+from lga_zoo.recipe import RecipeError, load_recipe, recipe_from_dict
+from lga_zoo.train import TrainingDiverged, lr_factor, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_recipe(**overrides):
+    raw = {
+        "name": "tiny",
+        "architecture": "resnet18_w16_cifar",
+        "epochs": 2,
+        "batch_size": 20,
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+        "schedule": {"name": "cosine", "warmup_epochs": 0},
+        "regularizer": {"name": "lga", "eps": "4/255", "lambda_l2": 0.01, "lambda_cos": 0.1},
+        "seed": 1,
+    }
+    raw.update(overrides)
+    return recipe_from_dict(raw)
+
+
+def test_all_shipped_recipes_validate():
+    paths = sorted((REPO / "recipes").glob("*.yaml"))
+    assert len(paths) >= 6
+    for path in paths:
+        recipe = load_recipe(path)
+        assert recipe.name == path.stem
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"epoch": 3}, r"unknown key 'epoch'. Did you mean \['epochs'\]"),
+        ({"regularizer": {"name": "lga", "lamda_l2": 1}}, r"regularizer.'lamda_l2'.*lambda_l2"),
+        ({"regularizer": {"name": "lga", "eps": 4}}, "pixel units"),
+        ({"optimizer": {"name": "adam", "lr": 0.1}}, r"optimizer.name='adam'.*sgd.*adamw"),
+        ({"architecture": "resnet18_cifa"}, "not a timm model.*resnet18_cifar"),
+        ({"epochs": 0}, "epochs=0 must be >= 1"),
+        ({"amp": "fp8"}, "amp='fp8'"),
+        ({"schedule": {"name": "steps", "milestones": "10"}}, "milestones"),
+    ],
+)
+def test_bad_recipes_name_the_key(change, message):
+    with pytest.raises(RecipeError, match=message):
+        tiny_recipe(**change)
+
+
+def test_lr_schedules():
+    cosine = tiny_recipe(epochs=10, schedule={"name": "cosine", "warmup_epochs": 1})
+    assert lr_factor(cosine, 0, 100) == pytest.approx(0.01)
+    assert lr_factor(cosine, 99, 100) == pytest.approx(1.0)
+    assert lr_factor(cosine, 550, 100) == pytest.approx(0.5)
+    assert lr_factor(cosine, 1000, 100) == pytest.approx(0.0, abs=1e-12)
+    steps = tiny_recipe(epochs=10, schedule={"name": "steps", "milestones": [3, 6], "gamma": 0.1})
+    assert [lr_factor(steps, s, 10) for s in (0, 29, 30, 59, 60)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+
+
+def test_train_writes_model_and_resume_matches_uninterrupted(tiny_cifar, tmp_path, monkeypatch):
+    recipe = tiny_recipe()
+    folder = train(recipe, tiny_cifar, tmp_path / "full", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert {"ce", "l2", "cos", "total", "train_acc", "test_acc"} <= set(log[-1])
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == "resnet18_w16_cifar" and config["num_classes"] == 10
+    assert config["lga_zoo"]["regularizer"]["name"] == "lga"
+    assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    model = load_model_folder(folder)
+    assert not model.training and model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+    # Kill the same run right after its first checkpoint, then resume: the same final weights.
+    import lga_zoo.train as train_module
+
+    real_save = train_module._atomic_torch_save
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        raise KeyboardInterrupt("killed after epoch 1")
+
+    monkeypatch.setattr(train_module, "_atomic_torch_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tiny_cifar, tmp_path / "split", progress=False)
+    monkeypatch.setattr(train_module, "_atomic_torch_save", real_save)
+    assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert not (tmp_path / "split" / "model").exists()
+    train(recipe, tiny_cifar, tmp_path / "split", resume=True, progress=False)
+    full = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
+    split = load_file(str(tmp_path / "split" / "model" / "model.safetensors"))
+    assert full.keys() == split.keys()
+    for key in full:
+        assert torch.equal(full[key], split[key]), key
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_cifar, tmp_path, monkeypatch):
+    import lga_zoo.train as train_module
+
+    recipe = tiny_recipe(epochs=3)
+    real_forward = train_module.LossStep.forward
+    calls = {"n": 0}
+
+    def nan_in_epoch_two(self, x, y, generator=None):
+        calls["n"] += 1
+        loss, logits, parts = real_forward(self, x, y, generator)
+        return (loss * float("nan") if calls["n"] > 3 else loss), logits, parts  # 3 steps an epoch
+
+    monkeypatch.setattr(train_module.LossStep, "forward", nan_in_epoch_two)
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2.*last good checkpoint"):
+        train(recipe, tiny_cifar, tmp_path, progress=False)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def test_resume_refuses_a_changed_recipe(tiny_cifar, tmp_path):
+    train(tiny_recipe(epochs=1), tiny_cifar, tmp_path, progress=False)
+    changed = tiny_recipe(epochs=2, optimizer={"name": "sgd", "lr": 0.5})
+    with pytest.raises(ValueError, match="recipe changed.*optimizer"):
+        train(changed, tiny_cifar, tmp_path, resume=True, progress=False)
+
+
+def test_finetune_from_our_folder_checks_architecture(tiny_cifar, tmp_path):
+    folder = train(
+        tiny_recipe(epochs=1, regularizer={"name": "none"}), tiny_cifar, tmp_path / "a", progress=False
+    )
+    tuned = train(
+        tiny_recipe(epochs=1, init=str(folder), regularizer={"name": "hessian", "lam": 1e-4}),
+        tiny_cifar,
+        tmp_path / "b",
+        progress=False,
+    )
+    assert json.loads((tuned / "config.json").read_text())["lga_zoo"]["regularizer"]["name"] == "hessian"
+    with pytest.raises(ValueError, match="holds a resnet18_w16_cifar"):
+        train(
+            tiny_recipe(epochs=1, architecture="resnet18_cifar", init=str(folder)),
+            tiny_cifar,
+            tmp_path / "c",
+            progress=False,
+        )
+
+
+def test_cli_train_and_torchrun_ddp_two_processes(tiny_cifar, tmp_path):
+    recipe_path = tmp_path / "tiny.yaml"
+    raw = tiny_recipe(epochs=1).to_dict()
+    recipe_path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        "-m",
+        "lga_zoo.train",
+        str(recipe_path),
+        "--data-dir",
+        str(tiny_cifar),
+        "--out",
+        str(tmp_path / "ddp"),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads((tmp_path / "ddp" / "model" / "config.json").read_text())
+    assert config["lga_zoo"]["training"]["world_size"] == 2
+    log = json.loads((tmp_path / "ddp" / "log.jsonl").read_text().splitlines()[-1])
+    assert 0.0 <= log["test_acc"] <= 1.0
+    # The single-process CLI path, and its error message for a bad recipe.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**raw, "epoch": 1}))
+    done = subprocess.run(
+        [sys.executable, "-m", "lga_zoo.cli", "train", str(bad), "--data-dir", str(tiny_cifar)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "unknown key 'epoch'" in done.stderr
