@@ -1,0 +1,292 @@
+"""Attribution methods and their normalization, through captum where captum has the method.
+
+Methods (``method=``), all with respect to pixels in [0, 1]:
+
+* ``grad``: the input gradient of the target logit (captum ``Saliency``, signed);
+* ``input_x_grad``: input times gradient (captum ``InputXGradient``);
+* ``integrated_gradients``: ``steps`` (50), ``baseline`` (0.0: a black image; a float or a tensor),
+  ``internal_batch_size`` (captum ``IntegratedGradients``, Gauss-Legendre);
+* ``smoothgrad``: ``samples`` (25), ``noise`` (0.15, the noise standard deviation in pixel units),
+  ``seed`` (0) (captum ``NoiseTunnel`` over ``Saliency``);
+* ``boundary``: boundary attributions (Wang et al., ICML 2022): integrated gradients from the nearest
+  point across the decision boundary, found by L2 PGD on the logit margin with a growing radius (``epsilons``,
+  ``attack_steps``) and refined along the segment to x; ``steps`` for the integral.
+
+Normalization (``normalize=``): ``max`` (absolute value, sum over channels, divided by the map's
+maximum), ``sum`` (the same, divided by the map's sum) or ``none`` (the signed sum over channels).
+The raw signed attribution (B, C, H, W) stays in :attr:`Explanation.raw`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
+from torch import Tensor, nn
+
+from .attacks import pgd
+from .explanation import Explanation
+from .inputs import InputError, to_batch
+
+METHODS: dict[str, dict[str, Any]] = {
+    "grad": {},
+    "input_x_grad": {},
+    "integrated_gradients": {"steps": 50, "baseline": 0.0, "internal_batch_size": None},
+    "smoothgrad": {"samples": 25, "noise": 0.15, "seed": 0, "samples_batch_size": None},
+    "boundary": {
+        "epsilons": (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+        "attack_steps": 20,
+        "steps": 50,
+        "internal_batch_size": None,
+    },
+}
+ALIASES = {"ig": "integrated_gradients", "saliency": "grad", "gradient": "grad", "big": "boundary",
+           "ixg": "input_x_grad"}  # fmt: skip
+NORMALIZATIONS = ("max", "sum", "none")
+
+
+def resolve_method(method: str, method_kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The canonical method name and its full settings; unknown names and keywords raise with close
+    matches."""
+    name = ALIASES.get(method, method)
+    if name not in METHODS:
+        close = difflib.get_close_matches(method, list(METHODS) + list(ALIASES), n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise ValueError(f"unknown attribution method {method!r}.{hint} Accepted: {sorted(METHODS)}")
+    defaults = METHODS[name]
+    for key in method_kwargs:
+        if key not in defaults:
+            close = difflib.get_close_matches(key, list(defaults), n=3)
+            hint = f" Did you mean {close}?" if close else ""
+            accepted = sorted(defaults) or "no keywords"
+            raise TypeError(f"method {name!r} got an unexpected keyword {key!r}.{hint} Accepted: {accepted}")
+    return name, {**defaults, **method_kwargs}
+
+
+def normalize_attribution(raw: Tensor, mode: str = "max") -> Tensor:
+    """(B, C, H, W) attribution to a (B, H, W) map: ``max`` or ``sum`` of |raw| summed over channels,
+    or ``none`` (signed channel sum). A map that is all zero stays zero."""
+    if mode not in NORMALIZATIONS:
+        close = difflib.get_close_matches(str(mode), NORMALIZATIONS, n=1)
+        raise ValueError(
+            f"normalize={mode!r} is not accepted{f' (did you mean {close[0]!r}?)' if close else ''}; "
+            f"choose one of {NORMALIZATIONS}"
+        )
+    if mode == "none":
+        return raw.sum(1)
+    saliency = raw.abs().sum(1)
+    flat = saliency.flatten(1)
+    scale = flat.amax(1) if mode == "max" else flat.sum(1)
+    return saliency / scale.clamp_min(torch.finfo(saliency.dtype).tiny).view(-1, 1, 1)
+
+
+def resolve_target(target, predicted: Tensor, labels: Sequence[str] | None, num_classes: int) -> Tensor:
+    """Target classes as a (B,) long tensor: ``None`` (the prediction), an int, a class name, or a
+    list/tensor of them (one per image)."""
+    batch = len(predicted)
+    if target is None:
+        return predicted.clone()
+    items = target.tolist() if isinstance(target, Tensor) else target
+    if not isinstance(items, (list, tuple)):
+        items = [items] * batch
+    if len(items) != batch:
+        raise ValueError(
+            f"got {len(items)} targets for a batch of {batch} images; pass one, or one per image"
+        )
+    resolved = []
+    for item in items:
+        if isinstance(item, str):
+            if not labels or item not in labels:
+                close = difflib.get_close_matches(item, labels or [], n=3)
+                hint = f" Did you mean {close}?" if close else ""
+                known = f"classes are {list(labels)[:20]}" if labels else "this model has no class names"
+                raise ValueError(f"unknown class name {item!r}.{hint} ({known})")
+            item = list(labels).index(item)
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(f"target {item!r} must be a class index (int) or a class name")
+        if not 0 <= item < num_classes:
+            raise ValueError(f"target {item} is out of range: this model has classes 0..{num_classes - 1}")
+        resolved.append(item)
+    return torch.tensor(resolved, dtype=torch.long, device=predicted.device)
+
+
+def _baseline_tensor(baseline, x: Tensor) -> Tensor:
+    if isinstance(baseline, Tensor):
+        return baseline.to(x.device, x.dtype).expand_as(x)
+    if isinstance(baseline, (int, float)):
+        return torch.full_like(x, float(baseline))
+    raise ValueError(
+        f"baseline={baseline!r}: pass a float (e.g. 0.0 for black) or a tensor shaped like the input"
+    )
+
+
+def find_boundary_points(
+    model: nn.Module,
+    x: Tensor,
+    labels: Tensor,
+    epsilons: Sequence[float],
+    attack_steps: int = 20,
+    line_points: int = 16,
+    bisections: int = 10,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The nearest points found across the decision boundary of ``labels``.
+
+    For each radius in ``epsilons`` (growing, L2 in pixel units) an L2 PGD attack runs on the images
+    not yet flipped; the first flipped point is then pulled back along the segment from x (a scan,
+    then bisection) to just across the boundary. Returns (points, L2 distances, found mask); where
+    no radius flips the class, the point is the last attack's and ``found`` is False.
+    """
+    points = x.clone()
+    found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for eps in epsilons:
+        todo = (~found).nonzero().flatten()
+        if len(todo) == 0:
+            break
+        adv = pgd(model, x[todo], labels[todo], eps, norm="l2", steps=attack_steps, loss="margin")
+        with torch.no_grad():
+            flipped = model(adv).argmax(1) != labels[todo]
+        points[todo] = adv
+        found[todo[flipped]] = True
+    with torch.no_grad():
+        idx = found.nonzero().flatten()
+        if len(idx):
+            x_f, direction, y_f = x[idx], points[idx] - x[idx], labels[idx]
+            ts = torch.linspace(0, 1, line_points + 1, device=x.device)[1:]
+            flips = torch.stack([model(x_f + t * direction).argmax(1) != y_f for t in ts], 1)
+            first = flips.float().argmax(1)  # the last point (t = 1) flips, so one exists
+            hi = ts[first]
+            lo = torch.where(first > 0, ts[(first - 1).clamp_min(0)], torch.zeros_like(hi))
+            for _ in range(bisections):
+                mid = (lo + hi) / 2
+                mid_flips = model(x_f + mid.view(-1, 1, 1, 1) * direction).argmax(1) != y_f
+                hi = torch.where(mid_flips, mid, hi)
+                lo = torch.where(mid_flips, lo, mid)
+            points[idx] = x_f + hi.view(-1, 1, 1, 1) * direction
+    distances = (points - x).flatten(1).norm(dim=1)
+    return points.detach(), distances, found
+
+
+def attribute(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    method: str,
+    settings: dict[str, Any],
+    predicted: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Raw (B, C, H, W) attributions of ``target`` at ``x`` (pixels in [0, 1]) by ``method`` with
+    full ``settings``; also returns extras (boundary points and distances)."""
+    extras: dict[str, Tensor] = {}
+    x = x.detach().clone().requires_grad_(True)  # captum warns when it has to set this itself
+    if method == "grad":
+        raw = Saliency(model).attribute(x, target=target, abs=False)
+    elif method == "input_x_grad":
+        raw = InputXGradient(model).attribute(x, target=target)
+    elif method == "integrated_gradients":
+        raw = IntegratedGradients(model).attribute(
+            x,
+            baselines=_baseline_tensor(settings["baseline"], x),
+            target=target,
+            n_steps=settings["steps"],
+            internal_batch_size=settings["internal_batch_size"],
+        )
+    elif method == "smoothgrad":
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            if settings["seed"] is not None:
+                torch.manual_seed(settings["seed"])
+            raw = NoiseTunnel(Saliency(model)).attribute(
+                x,
+                nt_type="smoothgrad",
+                nt_samples=settings["samples"],
+                stdevs=float(settings["noise"]),
+                nt_samples_batch_size=settings["samples_batch_size"],
+                target=target,
+                abs=False,
+            )
+    elif method == "boundary":
+        labels = predicted if predicted is not None else target
+        points, distances, found = find_boundary_points(
+            model, x.detach(), labels, settings["epsilons"], settings["attack_steps"]
+        )
+        raw = IntegratedGradients(model).attribute(
+            x,
+            baselines=points,
+            target=target,
+            n_steps=settings["steps"],
+            internal_batch_size=settings["internal_batch_size"],
+        )
+        extras = {"boundary_points": points, "boundary_distances": distances, "boundary_found": found}
+    else:  # resolve_method guards this
+        raise ValueError(method)
+    return raw.detach(), extras
+
+
+def _model_batch(model: nn.Module, inputs) -> Tensor:
+    input_size = getattr(model, "input_size", None)
+    if input_size is None:
+        raise TypeError(
+            "explain/predict need an lga_zoo model; turn yours into one with lga_zoo.wrap(model, ...)"
+        )
+    batch = to_batch(inputs, input_size, model.interpolation, model.crop_pct, device=model.device)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), batch.dtype)
+    return batch.to(dtype)
+
+
+class _EvalMode:
+    """Eval mode inside the block, the previous mode restored after."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.was_training = model, model.training
+
+    def __enter__(self):
+        self.model.eval()
+
+    def __exit__(self, *exc):
+        self.model.train(self.was_training)
+
+
+def predict(model: nn.Module, inputs) -> tuple[Tensor, Tensor]:
+    """``(classes (B,), probabilities (B, K))`` for ``inputs`` of any accepted kind."""
+    x = _model_batch(model, inputs)
+    with _EvalMode(model), torch.no_grad():
+        probabilities = model(x).float().softmax(1)
+    return probabilities.argmax(1), probabilities
+
+
+def explain(
+    model: nn.Module, inputs, target=None, method: str = "grad", normalize: str = "max", **method_kwargs: Any
+) -> Explanation:
+    """Explain ``model``'s decision on ``inputs``.
+
+    ``inputs``: a PIL image or a list of them, an HWC numpy array, a CHW/BCHW tensor of pixels in
+    [0, 1] or a uint8 tensor, resized to the model's input size. ``target``: ``None`` (the predicted
+    class), an int, a class name, or one per image. ``method`` and ``normalize``: see the module
+    docstring; ``method_kwargs`` are the method's settings. Returns an :class:`Explanation`.
+    """
+    method, settings = resolve_method(method, method_kwargs)
+    if normalize not in NORMALIZATIONS:
+        normalize_attribution(torch.zeros(1, 1, 1, 1), normalize)  # raises with the accepted values
+    x = _model_batch(model, inputs)
+    with _EvalMode(model):
+        with torch.no_grad():
+            probabilities = model(x).float().softmax(1)
+        predicted = probabilities.argmax(1)
+        target_t = resolve_target(target, predicted, getattr(model, "labels", None), probabilities.shape[1])
+        raw, extras = attribute(model, x, target_t, method, settings, predicted)
+    if not torch.isfinite(raw).all():
+        raise InputError(f"the {method} attribution holds NaN or inf values; check the model's outputs")
+    return Explanation(
+        attribution=normalize_attribution(raw, normalize),
+        raw=raw,
+        inputs=x,
+        target=target_t,
+        predicted=predicted,
+        probabilities=probabilities,
+        method=method,
+        settings={**settings, "normalize": normalize},
+        labels=getattr(model, "labels", None),
+        **extras,
+    )

@@ -1,0 +1,137 @@
+"""Turn what a user passes (PIL images, numpy arrays, tensors) into a model's input batch.
+
+Every kind goes the same way: to a float (B, C, H, W) tensor of pixels in [0, 1], then the model's
+resize-and-center-crop (:func:`resize_transform`), so the same picture gives the same batch whatever
+its container. Bad input raises :class:`InputError` naming what was given and what is accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Resize
+
+ACCEPTED = (
+    "a PIL image (RGB, L or RGBA) or a list of them, an HWC uint8 or float numpy array, "
+    "a CHW or BCHW float tensor of pixels in [0, 1], or a uint8 tensor"
+)
+
+
+class InputError(ValueError):
+    """Input that is not an image batch the model accepts."""
+
+
+def resize_transform(size: Sequence[int], interpolation: str = "bilinear", crop_pct: float = 1.0) -> Compose:
+    """Resize the shorter side to ``size / crop_pct`` and center-crop to ``size`` (H, W), as timm's
+    eval transform does; works on PIL images and on (B, C, H, W) tensors."""
+    height, width = int(size[0]), int(size[1])
+    scale = int(np.floor(min(height, width) / crop_pct))
+    mode = InterpolationMode(interpolation)
+    return Compose([Resize(scale, interpolation=mode, antialias=True), CenterCrop((height, width))])
+
+
+def _pil_to_tensor(img: Image.Image, channels: int) -> Tensor:
+    img = img.convert("L" if channels == 1 else "RGB")
+    array = np.asarray(img, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255)
+
+
+def _array_to_tensor(array: np.ndarray, channels: int) -> Tensor:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3:
+        raise InputError(
+            f"a numpy array must be HWC (or HW for grayscale), got shape {array.shape}; accepted: {ACCEPTED}"
+        )
+    if array.shape[2] == 4:
+        array = array[:, :, :3]  # RGBA: drop alpha
+    if array.shape[2] not in (1, 3):
+        raise InputError(
+            f"a numpy array must be HWC with 1, 3 or 4 channels last, got shape {array.shape}; accepted: {ACCEPTED}"
+        )
+    if array.dtype == np.uint8:
+        tensor = torch.from_numpy(array.copy()).float().div(255)
+    elif np.issubdtype(array.dtype, np.floating):
+        tensor = torch.from_numpy(array.astype(np.float32))
+    else:
+        raise InputError(f"numpy dtype {array.dtype} is not accepted: use uint8 (0..255) or float (0..1)")
+    return tensor.permute(2, 0, 1)
+
+
+def _check_pixels(batch: Tensor) -> None:
+    if batch.numel() == 0 or batch.shape[0] == 0:
+        raise InputError(f"the batch is empty (shape {tuple(batch.shape)}); pass at least one image")
+    if not torch.isfinite(batch).all():
+        bad = (~torch.isfinite(batch)).sum().item()
+        raise InputError(f"the input holds {bad} NaN or infinite values; pixels must be finite, in [0, 1]")
+    low, high = batch.min().item(), batch.max().item()
+    if low < -1e-6 or high > 1 + 1e-6:
+        raise InputError(
+            f"float inputs must be pixels in [0, 1], got values in [{low:.3g}, {high:.3g}]; do not normalize "
+            "(mean/std normalization happens inside the model), and divide 0..255 values by 255"
+        )
+
+
+def _match_channels(batch: Tensor, channels: int) -> Tensor:
+    if batch.shape[1] == channels:
+        return batch
+    if batch.shape[1] == 1 and channels == 3:
+        return batch.expand(-1, 3, -1, -1)
+    if batch.shape[1] == 3 and channels == 1:
+        return batch.mean(1, keepdim=True)
+    raise InputError(
+        f"the input has {batch.shape[1]} channels (shape {tuple(batch.shape)}); this model takes {channels} "
+        f"(1-channel grayscale is expanded). Tensors are CHW or BCHW with channels first"
+    )
+
+
+def to_batch(
+    inputs,
+    input_size: Sequence[int],
+    interpolation: str = "bilinear",
+    crop_pct: float = 1.0,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """A float (B, C, H, W) batch of pixels in [0, 1] at ``input_size`` (C, H, W) from any accepted kind."""
+    channels = int(input_size[0])
+    if isinstance(inputs, Image.Image):
+        batch = _pil_to_tensor(inputs, channels)[None]
+    elif isinstance(inputs, np.ndarray):
+        batch = _array_to_tensor(inputs, channels)[None]
+    elif isinstance(inputs, Tensor):
+        batch = inputs.detach()
+        if batch.dim() == 3:
+            batch = batch[None]
+        if batch.dim() != 4:
+            raise InputError(
+                f"a tensor must be CHW or BCHW, got {batch.dim()}-D shape {tuple(batch.shape)}; "
+                f"accepted: {ACCEPTED}"
+            )
+        if batch.dtype == torch.uint8:
+            batch = batch.float().div(255)
+        elif not batch.is_floating_point():
+            raise InputError(
+                f"tensor dtype {batch.dtype} is not accepted: use float pixels in [0, 1] or uint8"
+            )
+        else:
+            batch = batch.float()
+    elif isinstance(inputs, (list, tuple)):
+        if len(inputs) == 0:
+            raise InputError(f"the list of images is empty; accepted: {ACCEPTED}")
+        singles = [to_batch(item, input_size, interpolation, crop_pct) for item in inputs]
+        return torch.cat(singles).to(device) if device is not None else torch.cat(singles)
+    else:
+        raise InputError(f"inputs of type {type(inputs).__name__} are not accepted; accepted: {ACCEPTED}")
+    _check_pixels(batch)
+    batch = _match_channels(batch, channels)
+    target_hw = tuple(int(s) for s in input_size[1:])
+    if tuple(batch.shape[-2:]) != target_hw:
+        batch = resize_transform(target_hw, interpolation, crop_pct)(batch).clamp(0, 1)
+    batch = batch.contiguous()
+    return batch.to(device) if device is not None else batch
