@@ -1,9 +1,155 @@
-"""The ``lga-zoo`` command line: one subcommand per job."""
+"""The ``lga-zoo`` command line: one subcommand per job (``lga-zoo SUBCOMMAND --help``)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
+from dataclasses import replace
+from pathlib import Path
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .hub import load
+
+    model = load(args.model, device=args.device)
+    out = Path(args.out)
+    to_dir = len(args.images) > 1 or out.suffix.lower() != ".png"
+    target = int(args.target) if args.target and args.target.isdigit() else args.target
+    kwargs = (
+        {"steps": args.steps}
+        if args.steps and args.method in ("ig", "integrated_gradients", "boundary")
+        else {}
+    )
+    for image_path in args.images:
+        path = Path(image_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"image {image_path!r} does not exist")
+        with Image.open(path) as img:
+            exp = model.explain(
+                img.convert("RGB") if img.mode not in ("RGB", "L", "RGBA") else img,
+                target=target,
+                method=args.method,
+                normalize=args.normalize,
+                **kwargs,
+            )
+        target = out / f"{path.stem}_{exp.method}.png" if to_dir else out
+        exp.save(target)
+        print(f"{path}: {exp.describe()}; {exp.method} map written to {target}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from .hub import available_here
+    from .registry import get_entry, list_models
+
+    names = list_models(args.pattern, pretrained=not args.all)
+    if not names:
+        print("no published models match" + ("" if args.all else " (add --all for models without weights)"))
+        return 0
+    rows = [("name", "params", "accuracy", "targeted top-k (grad)", "random top-k (grad)", "weights here")]
+    for name in names:
+        entry = get_entry(name)
+        metrics = entry.metrics
+
+        def cell(key, pct=False, m=metrics):
+            return "-" if key not in m else (f"{m[key]:.2%}" if pct else f"{m[key]:.3f}")
+
+        rows.append(
+            (
+                name,
+                f"{entry.num_params / 1e6:.2f}M",
+                cell("accuracy", True),
+                cell("grad/targeted/topk"),
+                cell("grad/random/topk"),
+                available_here(name),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    return 0
+
+
+def _card(args: argparse.Namespace) -> int:
+    from .cards import render_card, summary_metrics
+    from .folder import CARD_NAME, atomic_write_text, read_config
+    from .hub import RESULTS_NAME, model_card_dir
+    from .registry import all_entries, get_entry, write_entries
+
+    entry = get_entry(args.name)
+    folder = model_card_dir(args.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    results_path = Path(args.results) if args.results else folder / RESULTS_NAME
+    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+    if results is not None and results_path != folder / RESULTS_NAME:
+        shutil.copyfile(results_path, folder / RESULTS_NAME)
+    config = read_config(folder) if (folder / "config.json").is_file() else None
+    metrics = summary_metrics(results)
+    if metrics != entry.metrics:
+        entry = replace(entry, metrics=metrics)
+        write_entries([entry if e.name == entry.name else e for e in all_entries()])
+    atomic_write_text(folder / CARD_NAME, render_card(entry, results, config))
+    print(
+        f"wrote {folder / CARD_NAME}"
+        + (f" ({len(metrics)} metrics from {results_path})" if results else " (no results yet)")
+    )
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from .folder import CONFIG_NAME, WEIGHTS_NAME, load_model_folder, sha256_of
+    from .hub import model_card_dir
+    from .registry import all_entries, get_entry, write_entries
+
+    entry = get_entry(args.name)
+    source = Path(args.source)
+    model = load_model_folder(source)  # refuses a folder that does not load strictly
+    if model.config["architecture"] != entry.architecture:
+        raise ValueError(
+            f"{source} holds a {model.config['architecture']}, the registry says {entry.architecture}"
+        )
+    params = sum(p.numel() for p in model.backbone.parameters())
+    if params != entry.num_params:
+        raise ValueError(f"{source} has {params} parameters, the registry says {entry.num_params}")
+    dest = model_card_dir(args.name)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        shutil.copyfile(source / name, dest / name)
+    weights = dest / WEIGHTS_NAME
+    entry = replace(entry, sha256=sha256_of(weights), size=weights.stat().st_size)
+    write_entries([entry if e.name == entry.name else e for e in all_entries()])
+    print(f"published {source} as {dest}; sha256 {entry.sha256}, {entry.size} bytes pinned in zoo.json")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub import model_card_dir, push
+    from .registry import all_entries, get_entry, write_entries
+
+    entry = get_entry(args.name)
+    commit = push(
+        args.folder or model_card_dir(args.name), args.repo_id, token=args.token, private=args.private
+    )
+    print(f"pushed {args.name} to {args.repo_id} at commit {commit}")
+    if args.pin:
+        entry = replace(entry, hf_repo_id=args.repo_id, revision=commit)
+        write_entries([entry if e.name == entry.name else e for e in all_entries()])
+        print(f"pinned revision {commit} in zoo.json")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from .hub import download
+
+    folder = download(args.name, revision=args.revision, cache_dir=args.cache_dir)
+    print(f"{args.name}: verified files in {folder}")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -17,6 +163,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lga-zoo", description="Robust-interpretation model zoo.")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("explain", help="write attribution overlays for images")
+    p.add_argument("images", nargs="+", help="image files (jpg, png, ...)")
+    p.add_argument("--model", required=True, help="zoo name, model folder, or hf-hub:org/name@rev")
+    p.add_argument("--method", default="grad", help="grad, input_x_grad, ig, smoothgrad, boundary")
+    p.add_argument("--out", default="explanations", help="a .png file (one image) or a folder")
+    p.add_argument("--target", help="class name or index to explain (default: the prediction)")
+    p.add_argument("--normalize", default="max", choices=["max", "sum", "none"])
+    p.add_argument("--steps", type=int, help="integration steps for ig and boundary")
+    p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.set_defaults(func=_explain)
+
+    p = sub.add_parser("list", help="the zoo as a table")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. '*lga*'")
+    p.add_argument("--all", action="store_true", help="include models without published weights")
+    p.set_defaults(func=_list)
+
+    p = sub.add_parser("card", help="write model_cards/NAME/README.md from the registry and results.json")
+    p.add_argument("name")
+    p.add_argument("--results", help="results JSON (default model_cards/NAME/results.json)")
+    p.set_defaults(func=_card)
+
+    p = sub.add_parser("publish", help="copy a trained model folder into model_cards/NAME and pin its sha256")
+    p.add_argument("name")
+    p.add_argument("--from", dest="source", required=True, help="the run's model folder (runs/NAME/model)")
+    p.set_defaults(func=_publish)
+
+    p = sub.add_parser("push", help="upload model_cards/NAME to the Hugging Face Hub")
+    p.add_argument("name")
+    p.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
+    p.add_argument("--folder", help="folder to push (default model_cards/NAME)")
+    p.add_argument("--token", help="Hub token (default: the logged-in one)")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--pin", action="store_true", help="pin the new commit as the registry's revision")
+    p.set_defaults(func=_push)
+
+    p = sub.add_parser("download", help="fetch a model into the Hugging Face cache, verified")
+    p.add_argument("name")
+    p.add_argument("--revision")
+    p.add_argument("--cache-dir")
+    p.set_defaults(func=_download)
+
     from .train import build_parser as train_parser
 
     p = sub.add_parser("train", help="train a recipe (torchrun -m lga_zoo.train for several GPUs)")
@@ -29,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
+    except (ValueError, RuntimeError, FileNotFoundError, KeyError, TypeError) as err:
         print(f"lga-zoo {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,66 @@
+"""torch.hub entry points of lga-zoo: one per zoo model.
+
+    model = torch.hub.load("lga-zoo/lga_zoo", "resnet18_w16_cifar10_lga", trust_repo=True)
+    exp = model.explain(image)
+
+Weights come from this clone's model_cards/NAME/ folder, the Hugging Face cache or the Hub, and are
+checked against the sha256 pinned in lga_zoo/zoo.json. ``pretrained=False`` gives the architecture
+untrained. Keyword arguments go to ``lga_zoo.load`` (device, revision, cache_dir, local_files_only).
+"""
+
+dependencies = ["torch", "torchvision", "timm", "safetensors", "captum", "huggingface_hub", "yaml"]
+
+
+def _load(name, pretrained, **kwargs):
+    import lga_zoo
+    from lga_zoo.hub import untrained
+
+    return lga_zoo.load(name, **kwargs) if pretrained else untrained(name, device=kwargs.get("device"))
+
+
+def resnet18_cifar10_hessian(pretrained: bool = True, **kwargs):
+    """resnet18_cifar on CIFAR-10 trained with the `hessian` regularizer (lam=0.0001, fd_step=0.01). Fine-tuned from lga-zoo/resnet18_cifar10_standard.
+
+    Recipe: recipes/resnet18_cifar10_hessian.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
+    """
+    return _load("resnet18_cifar10_hessian", pretrained, **kwargs)
+
+
+def resnet18_cifar10_lga(pretrained: bool = True, **kwargs):
+    """resnet18_cifar on CIFAR-10 trained with the `lga` regularizer (eps=0.01569, lambda_l2=0.01, lambda_cos=0.1, perturbation=uniform, detach_source=True). Fine-tuned from lga-zoo/resnet18_cifar10_standard.
+
+    Recipe: recipes/resnet18_cifar10_lga.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
+    """
+    return _load("resnet18_cifar10_lga", pretrained, **kwargs)
+
+
+def resnet18_cifar10_standard(pretrained: bool = True, **kwargs):
+    """resnet18_cifar on CIFAR-10 trained with the `none` regularizer.
+
+    Recipe: recipes/resnet18_cifar10_standard.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
+    """
+    return _load("resnet18_cifar10_standard", pretrained, **kwargs)
+
+
+def resnet18_w16_cifar10_hessian(pretrained: bool = True, **kwargs):
+    """resnet18_w16_cifar on CIFAR-10 trained with the `hessian` regularizer (lam=0.0001, fd_step=0.01). Fine-tuned from lga-zoo/resnet18_w16_cifar10_standard.
+
+    Recipe: recipes/resnet18_w16_cifar10_hessian.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
+    """
+    return _load("resnet18_w16_cifar10_hessian", pretrained, **kwargs)
+
+
+def resnet18_w16_cifar10_lga(pretrained: bool = True, **kwargs):
+    """resnet18_w16_cifar on CIFAR-10 trained with the `lga` regularizer (eps=0.01569, lambda_l2=0.01, lambda_cos=0.1, perturbation=uniform, detach_source=True). Fine-tuned from lga-zoo/resnet18_w16_cifar10_standard.
+
+    Recipe: recipes/resnet18_w16_cifar10_lga.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
+    """
+    return _load("resnet18_w16_cifar10_lga", pretrained, **kwargs)
+
+
+def resnet18_w16_cifar10_standard(pretrained: bool = True, **kwargs):
+    """resnet18_w16_cifar on CIFAR-10 trained with the `none` regularizer.
+
+    Recipe: recipes/resnet18_w16_cifar10_standard.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
+    """
+    return _load("resnet18_w16_cifar10_standard", pretrained, **kwargs)

@@ -1,0 +1,226 @@
+"""Model cards: ``model_cards/NAME/README.md`` from the registry entry and the results JSON.
+
+The card opens with YAML front matter that the Hugging Face Hub reads (license, library_name,
+tags, datasets, pipeline_tag, base_model, and ``model-index`` results with their settings), then
+usage, the training recipe and command, the evaluation table with the command that made it,
+limitations and citations. Every number in it comes from ``results.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from .registry import ZooEntry
+
+METRIC_NAMES = {
+    "topk": "top-k intersection",
+    "kendall": "Kendall tau",
+    "spearman": "Spearman rho",
+    "cosine": "cosine similarity",
+    "pearson": "Pearson r",
+    "ssim": "SSIM",
+    "mse": "MSE",
+}
+CARD_METRICS = ("topk", "kendall", "spearman", "cosine")
+DATASET_NAMES = {"cifar10": "CIFAR-10"}
+
+
+def summary_metrics(results: dict[str, Any] | None) -> dict[str, float]:
+    """The flat metrics a registry entry and the leaderboard carry: ``accuracy``, ``pgd_linf`` and
+    ``METHOD/ATTACK/METRIC`` means, rounded to 4 digits."""
+    if not results:
+        return {}
+    flat: dict[str, float] = {}
+    accuracy = results.get("accuracy", {})
+    if "clean" in accuracy:
+        flat["accuracy"] = round(accuracy["clean"], 4)
+    for norm, record in accuracy.get("pgd", {}).items():
+        flat[f"pgd_{norm}"] = round(record["accuracy"], 4)
+    for method, attacks in results.get("robustness", {}).items():
+        for attack, metrics in attacks.items():
+            for metric in CARD_METRICS:
+                if metric in metrics:
+                    flat[f"{method}/{attack}/{metric}"] = round(metrics[metric]["mean"], 4)
+    return flat
+
+
+def _model_index(entry: ZooEntry, results: dict[str, Any]) -> list[dict[str, Any]]:
+    data = results["data"]
+    settings = results.get("settings", {})
+    metrics: list[dict[str, Any]] = []
+    accuracy = results.get("accuracy", {})
+    if "clean" in accuracy:
+        metrics.append(
+            {"type": "accuracy", "name": "Top-1 accuracy", "value": round(accuracy["clean"] * 100, 2)}
+        )
+    for norm, record in accuracy.get("pgd", {}).items():
+        metrics.append(
+            {
+                "type": "robust_accuracy",
+                "name": f"PGD {norm} accuracy (eps {record['eps']:.4g}, {record['steps']} steps)",
+                "value": round(record["accuracy"] * 100, 2),
+            }
+        )
+    for method, attacks in results.get("robustness", {}).items():
+        for attack, values in attacks.items():
+            for metric in CARD_METRICS:
+                if metric in values:
+                    metrics.append(
+                        {
+                            "type": f"attribution_{metric}",
+                            "name": f"{method} map, {attack} perturbation: {METRIC_NAMES[metric]}",
+                            "value": round(values[metric]["mean"], 4),
+                        }
+                    )
+    dataset = {
+        "name": data.get("name", DATASET_NAMES.get(entry.dataset, entry.dataset)),
+        "type": entry.dataset,
+        "split": data.get("split", "test"),
+    }
+    dataset_args = {
+        k: settings[k] for k in ("eps", "attack_steps", "softplus_beta", "topk_fraction") if k in settings
+    }
+    if dataset_args:
+        dataset["args"] = dataset_args
+    return [
+        {
+            "name": entry.name,
+            "results": [{"task": {"type": "image-classification"}, "dataset": dataset, "metrics": metrics}],
+        }
+    ]
+
+
+def front_matter(entry: ZooEntry, results: dict[str, Any] | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "license": entry.license,
+        "library_name": "lga-zoo",
+        "pipeline_tag": "image-classification",
+        "tags": [
+            "image-classification",
+            "interpretability",
+            "robust-interpretation",
+            entry.method,
+            entry.architecture,
+            "pytorch",
+            "timm",
+            "safetensors",
+        ],
+        "datasets": [entry.dataset],
+    }
+    if entry.base_model:
+        meta["base_model"] = entry.base_model
+    if results:
+        meta["model-index"] = _model_index(entry, results)
+    return meta
+
+
+def _evaluation_section(results: dict[str, Any] | None) -> str:
+    if not results:
+        return "Not evaluated yet: run `lga-zoo evaluate NAME --data-dir DIR`, then `lga-zoo card NAME`.\n"
+    data = results["data"]
+    settings = results.get("settings", {})
+    lines = [
+        f"Data: {data['name']}, {data['split']} split; accuracy on {results['accuracy']['n_images']} images, "
+        f"attribution robustness on {data.get('n_robustness', '?')} images; seed {results.get('seed')}.",
+        "",
+        f"Command: `{results.get('command', '?')}`",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| top-1 accuracy | {results['accuracy']['clean']:.2%} |",
+    ]
+    for norm, record in results["accuracy"].get("pgd", {}).items():
+        lines.append(
+            f"| PGD {norm} accuracy (eps {record['eps']:.4g}, {record['steps']} steps, "
+            f"{record['n_images']} images) | {record['accuracy']:.2%} |"
+        )
+    lines += [
+        "",
+        "Attribution robustness: similarity of the map at x and at the perturbed x' (mean and 95% interval).",
+        f"Settings: {', '.join(f'{k}={v}' for k, v in settings.items())}.",
+        "",
+        "| method | perturbation | " + " | ".join(METRIC_NAMES[m] for m in CARD_METRICS) + " |",
+        "|---|---|" + "---|" * len(CARD_METRICS),
+    ]
+    for method, attacks in results.get("robustness", {}).items():
+        for attack, values in attacks.items():
+            cells = []
+            for metric in CARD_METRICS:
+                if metric in values:
+                    lo, hi = values[metric]["ci95"]
+                    cells.append(f"{values[metric]['mean']:.3f} [{lo:.3f}, {hi:.3f}]")
+                else:
+                    cells.append("-")
+            lines.append(f"| {method} | {attack} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_card(entry: ZooEntry, results: dict[str, Any] | None, config: dict[str, Any] | None = None) -> str:
+    """The model card (README.md) text for ``entry`` with ``results`` (None: not evaluated yet)."""
+    meta = yaml.safe_dump(front_matter(entry, results), sort_keys=False, width=120)
+    reg = ", ".join(f"{k}={v}" for k, v in entry.regularizer.items() if k != "name")
+    training = (config or {}).get("lga_zoo", {}).get("training", {})
+    data_name = (
+        (config or {}).get("lga_zoo", {}).get("data", {}).get("name", DATASET_NAMES.get(entry.dataset))
+    )
+    base = f" It is fine-tuned from `{entry.base_model}`." if entry.base_model else ""
+    trained = ""
+    if training:
+        trained = (
+            f"Trained for {training.get('epochs')} epochs on {training.get('world_size', 1)} "
+            f"{training.get('device', '?')} process(es); final test accuracy in training "
+            f"{training.get('final_test_acc', float('nan')):.2%}.\n\n"
+        )
+    papers = "\n".join(f"- {p}" for p in entry.papers)
+    return f"""---
+{meta}---
+
+# {entry.name}
+
+A `{entry.architecture}` ({entry.num_params:,} parameters, {entry.activation} activations) image classifier
+for {DATASET_NAMES.get(entry.dataset, entry.dataset)} ({len(entry.classes)} classes, {entry.input_size[1]}x{entry.input_size[2]}
+pixels), trained with the `{entry.regularizer["name"]}` regularizer{f" ({reg})" if reg else ""}.{base}
+Part of [lga-zoo](https://github.com/lga-zoo/lga_zoo): classifiers whose explanations hold up under small input changes.
+
+## Usage
+
+```python
+import lga_zoo
+model = lga_zoo.load("{entry.name}")          # pixels in [0, 1]; normalization is inside the model
+exp = model.explain(image, method="grad")     # PIL image, HWC array, CHW/BCHW tensor
+exp.attribution                               # (B, H, W) map, max-normalized
+exp.overlay().save("heat.png")
+```
+
+```bash
+lga-zoo explain photo.jpg --model {entry.name} --method ig --out heat.png
+```
+
+Inputs are resized to {entry.input_size[1]}x{entry.input_size[2]} (mean {list(entry.mean)}, std {list(entry.std)} applied inside).
+Classes: {", ".join(entry.classes)}.
+
+## Training
+
+Recipe `{entry.recipe}` on {data_name}:
+
+```bash
+lga-zoo train {entry.recipe} --data-dir DIR --out runs/{entry.name}
+```
+
+{trained}## Evaluation
+
+{_evaluation_section(results)}
+## Limitations
+
+- Trained and evaluated on {data_name} only: {entry.input_size[1]}x{entry.input_size[2]} images of {len(entry.classes)} classes.
+  A photo of anything else is still assigned one of these classes.
+- Attribution robustness is measured against the perturbations listed above (random noise and gradient-based
+  attacks within a small L-inf ball); other attacks or larger budgets may change maps more.
+- Robust attributions are not a guarantee that the explanation is faithful to the model's reasoning.
+
+## Citation
+
+{papers}
+"""

@@ -1,0 +1,324 @@
+"""Load zoo models from a folder, a checkout, the Hugging Face cache or the Hub; save and push folders.
+
+Weight sources for a zoo name, in order: ``model_cards/NAME/`` beside the package (a checkout or a
+torch.hub clone); the Hugging Face cache; the Hub at the pinned revision. The sha256 and size of
+``model.safetensors`` are checked against the registry after every download and every cache hit; a
+bad cached file is removed so that it is never used again. ``HF_HUB_OFFLINE=1`` (read at call time)
+or ``local_files_only=True`` never touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+from .folder import (
+    CARD_NAME,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    WeightsError,
+    atomic_write_text,
+    build_config,
+    load_model_folder,
+    sha256_of,
+    write_model_folder,
+)
+from .models import ExplainableClassifier
+from .registry import UnknownModelError, ZooEntry, get_entry, list_models
+
+RESULTS_NAME = "results.json"
+HF_PREFIX = "hf-hub:"
+
+
+def checkout_root() -> Path:
+    """The folder holding ``lga_zoo/`` (a git checkout or a torch.hub clone has ``model_cards/`` there)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def model_card_dir(name: str) -> Path:
+    return checkout_root() / "model_cards" / name
+
+
+def offline_mode(local_files_only: bool | None = None) -> bool:
+    """True when downloads are off: ``local_files_only`` if given, else ``HF_HUB_OFFLINE``."""
+    if local_files_only is not None:
+        return bool(local_files_only)
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def verify_file(path: Path, sha256: str, size: int | None = None, remove_if_bad: bool = False) -> None:
+    """Check ``path`` against the pinned ``sha256`` (and ``size``); a mismatch raises
+    :class:`WeightsError` naming the file and both hashes. With ``remove_if_bad`` the bad file (a
+    cache blob) is deleted so it is not used again."""
+    actual_size = path.stat().st_size
+    actual = sha256_of(path)
+    if actual == sha256 and (size is None or actual_size == size):
+        return
+    what = (
+        f"truncated ({actual_size} bytes, expected {size})"
+        if size and actual_size < size
+        else "corrupted or tampered"
+    )
+    removed = ""
+    if remove_if_bad:
+        real = path.resolve()
+        real.unlink(missing_ok=True)
+        if path.is_symlink():
+            path.unlink(missing_ok=True)
+        removed = " It was removed from the cache; the next load downloads it again."
+    raise WeightsError(
+        f"sha256 mismatch for {str(path)!r}: expected {sha256}, got {actual}; the file is {what}.{removed}"
+    )
+
+
+def _download(
+    repo_id: str, filename: str, revision: str | None, cache_dir: str | None, offline: bool, what: str
+) -> Path:
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id, filename, revision=revision, cache_dir=cache_dir, local_files_only=offline
+            )
+        )
+    except LocalEntryNotFoundError:
+        where = cache_dir or os.environ.get("HF_HUB_CACHE") or "the default Hugging Face cache"
+        reason = (
+            "HF_HUB_OFFLINE=1 or local_files_only=True forbids downloading"
+            if offline
+            else "the Hub could not be reached"
+        )
+        raise WeightsError(
+            f"{what}: {filename} of {repo_id} at revision {revision or 'main'} is not in {where}, and {reason}. "
+            f"Run `lga-zoo download {what}` where the Hub is reachable, or pass a local model folder "
+            f"(model.safetensors + config.json) to lga_zoo.load(path)."
+        ) from None
+    except (RepositoryNotFoundError, EntryNotFoundError) as err:
+        raise WeightsError(
+            f"{what}: {filename} not found in {repo_id} at revision {revision}: {err}"
+        ) from None
+
+
+def _attach(model: ExplainableClassifier, entry: ZooEntry | None, source: str) -> ExplainableClassifier:
+    model.entry = entry
+    model.source = source
+    if entry is not None:
+        model.pretrained_cfg = {
+            **model.pretrained_cfg,
+            "hf_hub_id": entry.hf_repo_id,
+            "revision": entry.revision,
+            "architecture": entry.architecture,
+            "tag": entry.name,
+        }
+    return model
+
+
+def _entry_for_config(config: dict[str, Any]) -> ZooEntry | None:
+    name = config.get("lga_zoo", {}).get("name")
+    try:
+        return get_entry(name) if name else None
+    except UnknownModelError:
+        return None
+
+
+def load(
+    name_or_path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    local_files_only: bool | None = None,
+) -> ExplainableClassifier:
+    """A zoo model in eval mode, with ``.explain()``, ``.predict()``, ``.transforms()``,
+    ``.pretrained_cfg`` and ``.entry``.
+
+    ``name_or_path``: a zoo name (``lga_zoo.list_models()``), a local folder holding
+    ``model.safetensors`` and ``config.json``, or ``hf-hub:org/name[@revision]``. ``revision``
+    overrides the pinned one (the sha256 pin then no longer applies); ``cache_dir`` is the Hugging
+    Face cache; ``local_files_only`` (default: ``HF_HUB_OFFLINE``) forbids downloads.
+    """
+    text = str(name_or_path)
+    if Path(text).expanduser().is_dir():
+        model = load_model_folder(Path(text).expanduser(), device)
+        return _attach(model, _entry_for_config(model.config), f"folder:{text}")
+    offline = offline_mode(local_files_only)
+    if text.startswith(HF_PREFIX):
+        repo_id, _, rev = text[len(HF_PREFIX) :].partition("@")
+        revision = revision or rev or None
+        pinned = next(
+            (e for e in _all_entries() if e.hf_repo_id == repo_id and revision in (None, e.revision)), None
+        )
+        folder = _fetch(
+            repo_id, revision or (pinned.revision if pinned else None), cache_dir, offline, pinned, text
+        )
+        return _attach(load_model_folder(folder, device), pinned, f"hub:{repo_id}@{revision or 'pinned'}")
+
+    entry = get_entry(text)
+    if not entry.has_weights:
+        raise WeightsError(
+            f"{entry.name} has no published weights yet; train it with `lga-zoo train {entry.recipe} "
+            f"--data-dir DIR` and load the folder it writes (lga_zoo.load('runs/{entry.name}/model'))"
+        )
+    local = model_card_dir(entry.name)
+    if revision in (None, entry.revision) and (local / WEIGHTS_NAME).is_file():
+        verify_file(local / WEIGHTS_NAME, entry.sha256, entry.size)
+        return _attach(load_model_folder(local, device), entry, f"checkout:{local}")
+    if revision not in (None, entry.revision):
+        warnings.warn(
+            f"{entry.name}: revision {revision} is not the pinned {entry.revision}; "
+            "its sha256 cannot be checked against the registry",
+            stacklevel=2,
+        )
+        folder = _fetch(entry.hf_repo_id, revision, cache_dir, offline, None, entry.name)
+    else:
+        folder = _fetch(entry.hf_repo_id, entry.revision, cache_dir, offline, entry, entry.name)
+    return _attach(
+        load_model_folder(folder, device), entry, f"hub:{entry.hf_repo_id}@{revision or entry.revision}"
+    )
+
+
+def _all_entries() -> list[ZooEntry]:
+    from .registry import all_entries
+
+    return all_entries()
+
+
+def _fetch(
+    repo_id: str,
+    revision: str | None,
+    cache_dir: str | None,
+    offline: bool,
+    entry: ZooEntry | None,
+    what: str,
+) -> Path:
+    """Download (or find in the cache) config.json and model.safetensors; verify the weights against
+    ``entry``'s pin. Returns the snapshot folder."""
+    weights = _download(repo_id, WEIGHTS_NAME, revision, cache_dir, offline, what)
+    if entry is not None and entry.sha256:
+        verify_file(weights, entry.sha256, entry.size, remove_if_bad=True)
+    config = _download(repo_id, CONFIG_NAME, revision, cache_dir, offline, what)
+    if config.parent != weights.parent:
+        raise WeightsError(
+            f"{what}: config and weights resolved to different snapshots ({config.parent}, {weights.parent})"
+        )
+    return weights.parent
+
+
+def untrained(name: str, device: str | torch.device | None = None) -> ExplainableClassifier:
+    """A zoo model's architecture with fresh weights (no download), with ``.entry`` set."""
+    from .models import create_backbone
+
+    entry = get_entry(name)
+    backbone = create_backbone(entry.architecture, len(entry.classes), entry.activation, entry.softplus_beta)
+    model = ExplainableClassifier(
+        backbone, entry.mean, entry.std, entry.input_size, entry.classes, entry.interpolation, entry.crop_pct
+    ).eval()
+    model = model.to(device) if device is not None else model
+    return _attach(model, entry, "untrained")
+
+
+def download(name: str, revision: str | None = None, cache_dir: str | None = None) -> Path:
+    """Fetch a zoo model's folder into the Hugging Face cache (verified); returns the snapshot folder."""
+    entry = get_entry(name)
+    if not entry.has_weights:
+        raise WeightsError(f"{name} has no published weights yet (train it with {entry.recipe})")
+    pinned = entry if revision in (None, entry.revision) else None
+    folder = _fetch(entry.hf_repo_id, revision or entry.revision, cache_dir, offline_mode(None), pinned, name)
+    for extra in (CARD_NAME, RESULTS_NAME):
+        try:
+            _download(
+                entry.hf_repo_id, extra, revision or entry.revision, cache_dir, offline_mode(None), name
+            )
+        except WeightsError:
+            pass
+    return folder
+
+
+def save_folder(
+    model: ExplainableClassifier,
+    entry: ZooEntry,
+    results: dict[str, Any] | None,
+    out: str | os.PathLike,
+    extra_config: dict[str, Any] | None = None,
+) -> Path:
+    """Write a pushable model folder: ``model.safetensors``, ``config.json`` (timm keys plus our
+    section), ``results.json`` when given, and the ``README.md`` model card."""
+    from .cards import render_card
+
+    out = Path(out)
+    config = build_config(
+        model,
+        entry.architecture,
+        entry.activation,
+        entry.softplus_beta,
+        extra={
+            "name": entry.name,
+            "regularizer": entry.regularizer,
+            "recipe_file": entry.recipe,
+            **(extra_config or {}),
+        },
+    )
+    write_model_folder(model, config, out)
+    if results is not None:
+        atomic_write_text(out / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / CARD_NAME, render_card(entry, results, config))
+    return out
+
+
+def push(
+    folder: str | os.PathLike,
+    repo_id: str,
+    token: str | None = None,
+    private: bool = False,
+    api: HfApi | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Upload ``folder`` to the Hub repo ``repo_id`` (created if missing) with ``create_repo`` and
+    ``upload_folder``; returns the commit id to pin as the registry's ``revision``."""
+    folder = Path(folder)
+    missing = [n for n in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME) if not (folder / n).is_file()]
+    if missing:
+        raise WeightsError(
+            f"{str(folder)!r} lacks {missing}; a pushable folder holds weights, config and card"
+        )
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+    info = api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="model",
+        commit_message=commit_message or f"Upload {folder.name} with lga-zoo",
+        allow_patterns=[WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, RESULTS_NAME],
+    )
+    return getattr(info, "oid", None) or str(info)
+
+
+def available_here(name: str) -> str:
+    """Where ``name``'s weights are on this machine without a network: ``checkout``, ``cache`` or ``-``."""
+    entry = get_entry(name)
+    if not entry.has_weights:
+        return "-"
+    if (model_card_dir(name) / WEIGHTS_NAME).is_file():
+        return "checkout"
+    try:
+        hf_hub_download(entry.hf_repo_id, WEIGHTS_NAME, revision=entry.revision, local_files_only=True)
+        return "cache"
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return "-"
+
+
+__all__ = [
+    "load",
+    "untrained",
+    "download",
+    "save_folder",
+    "push",
+    "verify_file",
+    "list_models",
+    "available_here",
+]

@@ -1,0 +1,171 @@
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+import lga_zoo.cli as cli
+import lga_zoo.hub as hub
+import lga_zoo.registry as registry
+from lga_zoo.cards import render_card, summary_metrics
+from lga_zoo.hub import save_folder, untrained
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "resnet18_w16_cifar10_lga"
+
+
+def sample_results(accuracy=0.8123):
+    stat = lambda m: {"mean": m, "ci95": [m - 0.01, m + 0.01], "n": 100}  # noqa: E731
+    return {
+        "model": {"name": NAME, "sha256": "0" * 64},
+        "data": {"name": "CIFAR-10 (JPEG copy)", "split": "test", "n_robustness": 100},
+        "seed": 0,
+        "command": "lga-zoo evaluate resnet18_w16_cifar10_lga --data-dir DIR",
+        "settings": {"eps": 4 / 255, "attack_steps": 100, "softplus_beta": 20.0, "topk_fraction": 0.1},
+        "accuracy": {
+            "clean": accuracy,
+            "n_images": 10000,
+            "pgd": {"linf": {"eps": 2 / 255, "steps": 20, "accuracy": 0.31, "n_images": 100}},
+        },
+        "robustness": {
+            "grad": {
+                "random": {
+                    "topk": stat(0.7),
+                    "kendall": stat(0.6),
+                    "spearman": stat(0.8),
+                    "cosine": stat(0.9),
+                },
+                "targeted": {
+                    "topk": stat(0.4),
+                    "kendall": stat(0.3),
+                    "spearman": stat(0.45),
+                    "cosine": stat(0.6),
+                },
+            }
+        },
+    }
+
+
+def test_card_front_matter_carries_the_results():
+    entry = registry.get_entry(NAME)
+    results = sample_results()
+    text = render_card(entry, results)
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["base_model"] == "lga-zoo/resnet18_w16_cifar10_standard"
+    assert meta["datasets"] == ["cifar10"] and meta["library_name"] == "lga-zoo"
+    index = meta["model-index"][0]
+    assert index["name"] == NAME
+    result = index["results"][0]
+    assert (
+        result["dataset"]["name"] == "CIFAR-10 (JPEG copy)"
+        and result["dataset"]["args"]["attack_steps"] == 100
+    )
+    metrics = {m["name"]: m["value"] for m in result["metrics"]}
+    assert metrics["Top-1 accuracy"] == 81.23
+    assert metrics["grad map, targeted perturbation: top-k intersection"] == 0.4
+    assert "lga-zoo evaluate resnet18_w16_cifar10_lga --data-dir DIR" in text
+    assert "| grad | targeted | 0.400 [0.390, 0.410]" in text
+    assert summary_metrics(results)["grad/targeted/topk"] == 0.4
+
+
+def test_published_cards_registry_and_results_agree():
+    """For every model folder in model_cards/: card, registry entry and results.json say the same."""
+    folders = (
+        sorted(p for p in (REPO / "model_cards").iterdir() if p.is_dir())
+        if (REPO / "model_cards").is_dir()
+        else []
+    )
+    if not folders:
+        pytest.skip("no model_cards/ folders yet")
+    for folder in folders:
+        entry = registry.get_entry(folder.name)
+        results = json.loads((folder / "results.json").read_text())
+        assert results["model"]["name"] == entry.name
+        assert results["model"]["sha256"] == entry.sha256
+        assert entry.metrics == summary_metrics(results)
+        card = (folder / "README.md").read_text()
+        config = json.loads((folder / "config.json").read_text())
+        assert card == render_card(entry, results, config), (
+            f"{folder}/README.md is stale: run lga-zoo card {entry.name}"
+        )
+
+
+@pytest.fixture
+def private_zoo(tmp_path, monkeypatch):
+    """A private copy of the registry and of model_cards/ so that the CLI can write to them."""
+    zoo = tmp_path / "zoo.json"
+    zoo.write_text((REPO / "lga_zoo" / "zoo.json").read_text())
+    monkeypatch.setattr(registry, "zoo_file", lambda: zoo)
+    monkeypatch.setattr(hub, "model_card_dir", lambda name: tmp_path / "model_cards" / name)
+    registry.reload()
+    yield zoo
+    monkeypatch.undo()
+    registry.reload()
+
+
+def test_cli_card_publish_list_and_explain(private_zoo, tmp_path, capsys):
+
+    model = untrained(NAME)
+    save_folder(model, registry.get_entry(NAME), None, tmp_path / "run" / "model")
+    assert cli.main(["publish", NAME, "--from", str(tmp_path / "run" / "model")]) == 0
+    entry = registry.get_entry(NAME)
+    assert (
+        entry.sha256 and entry.size == (tmp_path / "model_cards" / NAME / "model.safetensors").stat().st_size
+    )
+
+    results_path = tmp_path / "results.json"
+    results_path.write_text(json.dumps(sample_results()))
+    assert cli.main(["card", NAME, "--results", str(results_path)]) == 0
+    assert registry.get_entry(NAME).metrics["accuracy"] == 0.8123
+    assert "81.23" in (tmp_path / "model_cards" / NAME / "README.md").read_text()
+
+    capsys.readouterr()
+    assert cli.main(["list"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["name", "params", "accuracy"]
+    row = next(line for line in table if line.startswith(NAME))
+    assert "81.23%" in row and "0.400" in row and row.rstrip().endswith("checkout")
+
+    out = tmp_path / "heat.png"
+    assert (
+        cli.main(
+            [
+                "explain",
+                str(REPO / "examples" / "cat.jpg"),
+                "--model",
+                NAME,
+                "--method",
+                "ig",
+                "--steps",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "cat.jpg: predicted" in printed and str(out) in printed
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.size == (224, 224)
+
+    assert cli.main(["explain", "missing.jpg", "--model", NAME]) == 2
+    assert "missing.jpg" in capsys.readouterr().err
+    assert (
+        cli.main(["explain", str(REPO / "examples" / "cat.jpg"), "--model", "resnet18_w16_cifar10_lag"]) == 2
+    )
+    assert "Did you mean" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    done = subprocess.run(
+        [sys.executable, "-m", "lga_zoo.cli", "list", "--all"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0
+    assert all(name in done.stdout for name in registry.list_models(pretrained=False))
+    entry = replace(registry.get_entry(NAME))
+    assert entry.name in done.stdout

@@ -1,0 +1,233 @@
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+import lga_zoo
+import lga_zoo.hub as hub
+import lga_zoo.registry as registry
+from lga_zoo.folder import WeightsError, load_model_folder, sha256_of
+from lga_zoo.hub import push, save_folder, untrained
+
+NAME = "resnet18_w16_cifar10_lga"
+COMMIT = "a" * 40
+OTHER_COMMIT = "b" * 40
+
+
+def make_folder(out: Path, seed: int = 0):
+    torch.manual_seed(seed)
+    model = untrained(NAME)
+    entry = registry.get_entry(NAME)
+    save_folder(model, entry, None, out)
+    return model, out
+
+
+@pytest.fixture
+def pinned_registry(monkeypatch, tmp_path):
+    """A registry whose entry for NAME pins the weights of a freshly made folder."""
+    model, folder = make_folder(tmp_path / "published")
+    weights = folder / "model.safetensors"
+    entry = replace(
+        registry.get_entry(NAME),
+        sha256=sha256_of(weights),
+        size=weights.stat().st_size,
+        revision=COMMIT,
+        hf_repo_id="lga-zoo-test/tiny",
+    )
+    entries = {e.name: e for e in registry.all_entries()}
+    entries[NAME] = entry
+    monkeypatch.setattr(registry, "_entries", lambda: entries)
+    monkeypatch.setattr(hub, "model_card_dir", lambda name: tmp_path / "no_checkout" / name)
+    return model, folder, entry
+
+
+def lay_out_hf_cache(cache: Path, repo_id: str, folder: Path, commit: str, ref: str | None = "main") -> Path:
+    """The Hugging Face cache layout: blobs named by hash, snapshot symlinks, refs/<branch>."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "config.json", "README.md"):
+        data = (folder / name).read_bytes()
+        blob = repo / "blobs" / sha256_of(folder / name)
+        blob.write_bytes(data)
+        link = snapshot / name
+        if link.exists() or link.is_symlink():
+            link.unlink()
+        link.symlink_to(os.path.relpath(blob, snapshot))
+    if ref:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return snapshot
+
+
+def same_outputs(a, b):
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return torch.equal(a.eval()(x), b.eval()(x))
+
+
+def test_local_folder_round_trip(tmp_path):
+    model, folder = make_folder(tmp_path / "m", seed=3)
+    loaded = lga_zoo.load(folder)
+    assert not loaded.training and same_outputs(model, loaded)
+    assert loaded.entry.name == NAME and loaded.source.startswith("folder:")
+    assert loaded.labels == list(registry.get_entry(NAME).classes)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == "resnet18_w16_cifar" and config["num_classes"] == 10
+    assert config["pretrained_cfg"]["mean"] == pytest.approx([0.4914, 0.4822, 0.4465])
+    # A timm user can rebuild the backbone from config.json alone and load the weights strictly.
+    import timm
+    from safetensors.torch import load_file
+
+    backbone = timm.create_model(config["architecture"], num_classes=config["num_classes"])
+    backbone.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+
+
+def test_strict_loading_refuses_missing_keys_and_garbage(tmp_path):
+    _, folder = make_folder(tmp_path / "m")
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    state.pop("fc.weight")
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(WeightsError, match="(?s)do not match the architecture.*fc.weight"):
+        load_model_folder(folder)
+    (folder / "model.safetensors").write_bytes(b"\x80\x04not safetensors at all")
+    with pytest.raises(WeightsError, match="corrupted or not safetensors"):
+        load_model_folder(folder)
+    (folder / "model.safetensors").unlink()
+    torch.save({}, folder / "pytorch_model.bin")  # a pickle beside it is never used
+    with pytest.raises(WeightsError, match="model.safetensors' is missing"):
+        load_model_folder(folder)
+
+
+def test_hf_cache_offline_default_revision_and_commit(pinned_registry, tmp_path, monkeypatch):
+    model, folder, entry = pinned_registry
+    cache = tmp_path / "hf"
+    lay_out_hf_cache(cache, entry.hf_repo_id, folder, COMMIT)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    by_pin = lga_zoo.load(NAME, cache_dir=str(cache))
+    assert same_outputs(model, by_pin) and by_pin.source == f"hub:{entry.hf_repo_id}@{COMMIT}"
+    # hf-hub: form, by branch (refs/main) and by commit id
+    by_branch = lga_zoo.load(f"hf-hub:{entry.hf_repo_id}@main", cache_dir=str(cache))
+    by_commit = lga_zoo.load(f"hf-hub:{entry.hf_repo_id}@{COMMIT}", cache_dir=str(cache))
+    assert same_outputs(model, by_branch) and same_outputs(model, by_commit)
+    assert by_commit.entry.name == NAME
+
+
+def test_hf_cache_other_revision_is_a_different_snapshot(pinned_registry, tmp_path, monkeypatch):
+    model, folder, entry = pinned_registry
+    cache = tmp_path / "hf"
+    lay_out_hf_cache(cache, entry.hf_repo_id, folder, COMMIT)
+    other_model, other = make_folder(tmp_path / "other", seed=9)
+    lay_out_hf_cache(cache, entry.hf_repo_id, other, OTHER_COMMIT, ref="dev")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.warns(UserWarning, match="not the pinned"):
+        loaded = lga_zoo.load(NAME, revision=OTHER_COMMIT, cache_dir=str(cache))
+    assert same_outputs(other_model, loaded) and not same_outputs(model, loaded)
+
+
+def test_tampered_cache_blob_is_refused_and_removed(pinned_registry, tmp_path, monkeypatch):
+    _, folder, entry = pinned_registry
+    cache = tmp_path / "hf"
+    snapshot = lay_out_hf_cache(cache, entry.hf_repo_id, folder, COMMIT)
+    blob = (snapshot / "model.safetensors").resolve()
+    data = bytearray(blob.read_bytes())
+    data[-10] ^= 0xFF  # flip bits in the last tensor
+    blob.write_bytes(bytes(data))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(
+        WeightsError, match=f"sha256 mismatch.*expected {entry.sha256}, got [0-9a-f]{{64}}.*tampered.*removed"
+    ):
+        lga_zoo.load(NAME, cache_dir=str(cache))
+    assert not blob.exists()
+    with pytest.raises(WeightsError, match="not in .*HF_HUB_OFFLINE=1.*lga-zoo download"):
+        lga_zoo.load(NAME, cache_dir=str(cache))
+
+
+def test_truncated_checkout_file_is_refused(pinned_registry, tmp_path, monkeypatch):
+    _, folder, entry = pinned_registry
+    checkout = tmp_path / "checkout" / NAME
+    checkout.mkdir(parents=True)
+    for name in ("model.safetensors", "config.json"):
+        (checkout / name).write_bytes((folder / name).read_bytes())
+    monkeypatch.setattr(hub, "model_card_dir", lambda name: tmp_path / "checkout" / name)
+    assert lga_zoo.load(NAME).source.startswith("checkout:")
+    weights = checkout / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(WeightsError, match=r"truncated \(\d+ bytes, expected \d+\)"):
+        lga_zoo.load(NAME)
+
+
+def test_offline_with_nothing_cached_says_what_to_do(pinned_registry, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(
+        WeightsError, match=r"model.safetensors of lga-zoo-test/tiny at revision a{40} is not in .*empty"
+    ):
+        lga_zoo.load(NAME, cache_dir=str(tmp_path / "empty"))
+    with pytest.raises(WeightsError, match="local_files_only"):
+        lga_zoo.load(NAME, cache_dir=str(tmp_path / "empty"), local_files_only=True)
+
+
+def test_model_without_weights_points_to_its_recipe():
+    unpublished = [e for e in registry.all_entries() if not e.has_weights]
+    if not unpublished:
+        pytest.skip("every zoo model has weights")
+    with pytest.raises(WeightsError, match=f"no published weights yet.*{unpublished[0].recipe}"):
+        lga_zoo.load(unpublished[0].name)
+
+
+class RecordingApi:
+    """A stand-in for huggingface_hub.HfApi that records the calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, **kwargs):
+        self.calls.append(("create_repo", kwargs))
+        return f"https://huggingface.co/{kwargs['repo_id']}"
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs))
+        files = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
+        self.uploaded = files
+
+        class Info:
+            oid = "c" * 40
+
+        return Info()
+
+
+def test_push_creates_repo_then_uploads(tmp_path):
+    _, folder = make_folder(tmp_path / "m")
+    api = RecordingApi()
+    commit = push(folder, "lga-zoo/test-model", private=True, api=api)
+    assert commit == "c" * 40
+    assert [c[0] for c in api.calls] == ["create_repo", "upload_folder"]
+    assert api.calls[0][1] == {
+        "repo_id": "lga-zoo/test-model",
+        "repo_type": "model",
+        "private": True,
+        "exist_ok": True,
+    }
+    upload = api.calls[1][1]
+    assert upload["repo_id"] == "lga-zoo/test-model" and Path(upload["folder_path"]) == folder
+    assert {"model.safetensors", "config.json", "README.md"} <= set(upload["allow_patterns"])
+    (folder / "README.md").unlink()
+    with pytest.raises(WeightsError, match="lacks \\['README.md'\\]"):
+        push(folder, "lga-zoo/test-model", api=RecordingApi())
+
+
+def test_saved_card_front_matter_is_valid_yaml(tmp_path):
+    _, folder = make_folder(tmp_path / "m")
+    text = (folder / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["license"] == "apache-2.0" and meta["pipeline_tag"] == "image-classification"
+    assert meta["base_model"] == "lga-zoo/resnet18_w16_cifar10_standard"
+    assert "model-index" not in meta  # no results yet: nothing invented

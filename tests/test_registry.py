@@ -1,0 +1,125 @@
+import ast
+import json
+import shutil
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import lga_zoo
+from lga_zoo.recipe import load_recipe
+from lga_zoo.registry import (
+    ENTRY_FIELDS,
+    REQUIRED_FIELDS,
+    UnknownModelError,
+    ZooEntry,
+    all_entries,
+    get_entry,
+)
+from lga_zoo.regularizers import build_regularizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def raw_entries():
+    return json.loads((REPO / "lga_zoo" / "zoo.json").read_text())["models"]
+
+
+def test_schema_fields_present_and_known():
+    for raw in raw_entries():
+        missing = [f for f in REQUIRED_FIELDS if f not in raw]
+        unknown = [f for f in raw if f not in ENTRY_FIELDS]
+        assert not missing and not unknown, (raw["name"], missing, unknown)
+        assert raw["name"] == f"{raw['architecture'].replace('_cifar', '')}_{raw['dataset']}_{raw['method']}"
+        assert len(raw["mean"]) == len(raw["std"]) == raw["input_size"][0]
+        assert raw["hf_repo_id"].count("/") == 1
+        if raw["sha256"] is not None:
+            assert len(raw["sha256"]) == 64 and raw["size"] > 0
+
+
+@pytest.mark.parametrize("entry", all_entries(), ids=lambda e: e.name)
+def test_parameter_count_and_preprocessing_match_built_model(entry):
+    backbone = timm.create_model(entry.architecture, num_classes=len(entry.classes))
+    assert sum(p.numel() for p in backbone.parameters()) == entry.num_params
+    assert tuple(backbone.pretrained_cfg["mean"]) == pytest.approx(entry.mean)
+    assert tuple(backbone.pretrained_cfg["input_size"]) == entry.input_size
+
+
+def test_every_recipe_maps_to_an_entry_and_back():
+    recipes = {p.stem: p for p in (REPO / "recipes").glob("*.yaml")}
+    names = {e.name for e in all_entries()}
+    assert set(recipes) == names
+    for entry in all_entries():
+        recipe = load_recipe(REPO / entry.recipe)
+        assert recipe.name == entry.name
+        assert recipe.architecture == entry.architecture
+        assert recipe.activation == entry.activation
+        reg = build_regularizer(recipe.regularizer["name"], **recipe.regularizer_params()).settings()
+        assert reg == entry.regularizer
+        if recipe.init.startswith("model_cards/"):
+            assert entry.base_model == f"lga-zoo/{Path(recipe.init).name}"
+
+
+def test_list_models_filters_like_timm(monkeypatch):
+    everything = lga_zoo.list_models(pretrained=False)
+    assert everything == sorted(e.name for e in all_entries())
+    assert lga_zoo.list_models("*_lga", pretrained=False) == [n for n in everything if n.endswith("_lga")]
+    published = lga_zoo.list_models()
+    assert published == [e.name for e in all_entries() if e.sha256]
+
+
+def test_unknown_name_lists_closest():
+    with pytest.raises(
+        UnknownModelError,
+        match=r"unknown model 'resnet18_w16_cifar10_lag'.*Did you mean.*resnet18_w16_cifar10_lga",
+    ):
+        get_entry("resnet18_w16_cifar10_lag")
+    with pytest.raises(UnknownModelError):
+        lga_zoo.load("no_such_model")
+
+
+def test_entry_dataclass_matches_schema_constants():
+    assert ENTRY_FIELDS == tuple(f.name for f in fields(ZooEntry))
+
+
+def _hubconf_entry_points(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    return [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")]
+
+
+def test_hubconf_has_one_documented_entry_per_model():
+    names = _hubconf_entry_points(REPO / "hubconf.py")
+    assert sorted(names) == lga_zoo.list_models(pretrained=False)
+    tree = ast.parse((REPO / "hubconf.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            assert ast.get_docstring(node) and get_entry(node.name).recipe in ast.get_docstring(node)
+
+
+def test_torch_hub_list_help_and_load_offline(tmp_path, monkeypatch):
+    # torch.hub.list/help take a GitHub repo; lay this checkout out as its cached clone so that no
+    # network is needed (a ref is given, validation skipped), as a user's second call would find it.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    hub_dir = tmp_path / "torch" / "hub"
+    clone = hub_dir / "lga-zoo_lga_zoo_main"
+    shutil.copytree(
+        REPO, clone, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.egg-info")
+    )
+    torch.hub.set_dir(str(hub_dir))
+    try:
+        listed = torch.hub.list("lga-zoo/lga_zoo:main", skip_validation=True, trust_repo=True, verbose=False)
+        assert sorted(listed) == lga_zoo.list_models(pretrained=False)
+        doc = torch.hub.help(
+            "lga-zoo/lga_zoo:main", "resnet18_w16_cifar10_lga", skip_validation=True, trust_repo=True
+        )
+        assert "recipes/resnet18_w16_cifar10_lga.yaml" in doc
+    finally:
+        torch.hub.set_dir(str(Path.home() / ".cache" / "torch" / "hub"))
+    model = torch.hub.load(
+        str(REPO), "resnet18_w16_cifar10_lga", source="local", trust_repo=True, pretrained=False
+    )
+    assert isinstance(model, lga_zoo.ExplainableClassifier)
+    assert model.entry.name == "resnet18_w16_cifar10_lga"
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
