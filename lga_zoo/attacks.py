@@ -80,3 +80,135 @@ def pgd(
             delta = (x + delta).clamp(0, 1) - x
         delta.requires_grad_(True)
     return (x + delta).detach()
+
+
+# --- Attribution attacks -------------------------------------------------------------------------
+
+DIFFERENTIABLE_METHODS = ("grad", "input_x_grad", "integrated_gradients")
+
+
+def differentiable_map(
+    model: nn.Module, x: Tensor, target: Tensor, method: str = "grad", ig_steps: int = 8
+) -> Tensor:
+    """The sum-normalized saliency map (B, H, W) of ``method`` at ``x``, differentiable with respect
+    to ``x`` (a double backward; integrated gradients by a ``ig_steps`` midpoint Riemann sum from a
+    black baseline). Used inside attacks, where the model's ReLUs are usually swapped for Softplus."""
+    if method not in DIFFERENTIABLE_METHODS:
+        raise ValueError(f"attacks differentiate through {DIFFERENTIABLE_METHODS}, not {method!r}")
+    if method == "integrated_gradients":
+        alphas = (torch.arange(ig_steps, device=x.device, dtype=x.dtype) + 0.5) / ig_steps
+        path = (alphas.view(-1, 1, 1, 1, 1) * x[None]).flatten(0, 1)
+        logits = model(path).view(ig_steps, len(x), -1)
+        chosen = logits.gather(2, target.view(1, -1, 1).expand(ig_steps, -1, 1)).sum()
+        (grad,) = torch.autograd.grad(chosen, path, create_graph=True)
+        raw = x * grad.view(ig_steps, *x.shape).mean(0)
+    else:
+        chosen = model(x).gather(1, target[:, None]).sum()
+        (grad,) = torch.autograd.grad(chosen, x, create_graph=True)
+        raw = grad * x if method == "input_x_grad" else grad
+    saliency = raw.abs().sum(1)
+    return saliency / saliency.flatten(1).sum(1).clamp_min(1e-12).view(-1, 1, 1)
+
+
+def frame_target(height: int, width: int, frame: int | None = None) -> Tensor:
+    """The target map of the targeted attack: a frame along the border (width 5 on 32x32 images,
+    scaled with the image), sum-normalized: attribution moved off the object."""
+    frame = frame if frame is not None else max(1, round(5 * min(height, width) / 32))
+    target = torch.ones(height, width)
+    target[frame : height - frame, frame : width - frame] = 0
+    return target / target.sum()
+
+
+def random_perturbation(x: Tensor, eps: float, generator: torch.Generator | None = None) -> Tensor:
+    """x + uniform noise in [-eps, eps] per pixel, clipped to [0, 1]."""
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+    return (x + eps * noise).clamp(0, 1)
+
+
+def _project_linf(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+
+
+def targeted_attribution_attack(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    eps: float = 4 / 255,
+    steps: int = 100,
+    lr: float | None = None,
+    gamma: float = 0.9,
+    method: str = "grad",
+    target_map: Tensor | None = None,
+    ig_steps: int = 8,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Targeted attribution attack (Dombrowski et al. 2019): Adam on x' in the L-inf ball of radius
+    ``eps`` (and in [0, 1]) for ``steps`` steps, minimizing
+    ``gamma * ||map(x') - target_map||^2 * N + (1 - gamma) * ||f(x') - f(x)||^2 / K`` (N pixels, K
+    classes; maps sum-normalized). ``target_map`` defaults to :func:`frame_target`. Pass the model
+    with its ReLUs swapped for Softplus (see :func:`lga_zoo.models.softplus_activations`)."""
+    x = x.detach()
+    num_pixels = x.shape[-1] * x.shape[-2]
+    goal = (target_map if target_map is not None else frame_target(*x.shape[-2:])).to(x.device, x.dtype)
+    with torch.no_grad():
+        logits_clean = model(x)
+    start = random_perturbation(x, eps * 0.5, generator)  # a small random start breaks ties at x
+    x_adv = start.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([x_adv], lr=lr if lr is not None else eps / 8)
+    for _ in range(steps):
+        maps = differentiable_map(model, x_adv, target, method, ig_steps)
+        map_loss = (maps - goal).pow(2).flatten(1).sum(1) * num_pixels
+        logit_loss = (model(x_adv) - logits_clean).pow(2).mean(1)
+        loss = (gamma * map_loss + (1 - gamma) * logit_loss).sum()
+        optimizer.zero_grad()
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv.grad = grad
+        optimizer.step()
+        with torch.no_grad():
+            x_adv.copy_(_project_linf(x_adv, x, eps))
+    return x_adv.detach()
+
+
+def topk_attack(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    eps: float = 4 / 255,
+    steps: int = 100,
+    step_size: float | None = None,
+    k: float | int = 0.1,
+    method: str = "grad",
+    ig_steps: int = 8,
+    reference_model: nn.Module | None = None,
+) -> Tensor:
+    """Untargeted top-k attack (Ghorbani et al. 2019): signed-gradient steps that lower the map's
+    mass on the original top-k pixels, inside the L-inf ball and [0, 1]; a step that changes an
+    image's predicted class (under ``reference_model``, default ``model``) is undone for that image.
+    Returns for each image the point that lowered the top-k mass most."""
+    from .metrics import topk_mask
+
+    reference_model = reference_model or model
+    x = x.detach()
+    step_size = step_size if step_size is not None else eps / 8
+    with torch.no_grad():
+        label = reference_model(x).argmax(1)
+    x_req = x.clone().requires_grad_(True)
+    mask = topk_mask(differentiable_map(model, x_req, target, method, ig_steps).detach(), k).float()
+    x_adv, best = x.clone(), x.clone()
+    best_mass = torch.full((len(x),), float("inf"), device=x.device)
+    for _ in range(steps):
+        x_step = x_adv.clone().requires_grad_(True)
+        mass = (differentiable_map(model, x_step, target, method, ig_steps) * mask).flatten(1).sum(1)
+        (grad,) = torch.autograd.grad(mass.sum(), x_step)
+        with torch.no_grad():
+            improved = mass < best_mass
+            best[improved] = x_adv[improved]
+            best_mass = torch.where(improved, mass, best_mass)
+            candidate = _project_linf(x_adv - step_size * grad.sign(), x, eps)
+            keeps = reference_model(candidate).argmax(1) == label
+            x_adv = torch.where(keeps.view(-1, 1, 1, 1), candidate, x_adv)
+    x_req = x_adv.clone().requires_grad_(True)  # the last point too
+    mass = (differentiable_map(model, x_req, target, method, ig_steps) * mask).flatten(1).sum(1).detach()
+    improved = mass < best_mass
+    best[improved] = x_adv[improved]
+    return best.detach()

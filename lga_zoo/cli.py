@@ -152,6 +152,76 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fraction(text: str) -> float:
+    """'4/255' or '0.0157'."""
+    if "/" in text:
+        num, den = text.split("/", 1)
+        return float(num) / float(den)
+    return float(text)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .evaluate import EvalSettings, run_evaluation
+    from .hub import RESULTS_NAME, model_card_dir
+    from .registry import list_models
+
+    settings = EvalSettings(
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()),
+        n_robustness=args.n_images,
+        n_accuracy=args.n_accuracy,
+        eps=_fraction(args.eps),
+        attack_steps=args.attack_steps,
+        random_draws=args.random_draws,
+        softplus_beta=args.softplus_beta,
+        attack_map=args.attack_map,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    command = (
+        "lga-zoo evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if args.record_argv else None
+    )
+    results = run_evaluation(
+        args.model,
+        args.data_dir,
+        args.split,
+        settings,
+        device=args.device,
+        progress=not args.no_progress,
+        command=command,
+    )
+    is_zoo_name = args.model in list_models(pretrained=False)
+    out = (
+        Path(args.out)
+        if args.out
+        else (model_card_dir(args.model) / RESULTS_NAME if is_zoo_name else Path("results.json"))
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(
+        f"accuracy {results['accuracy']['clean']:.2%} on {results['accuracy']['n_images']} images; results in {out}"
+    )
+    for method, attacks in results["robustness"].items():
+        for attack, values in attacks.items():
+            if "topk" in values:
+                print(
+                    f"  {method:22s} {attack:9s} top-k intersection {values['topk']['mean']:.3f} "
+                    f"[{values['topk']['ci95'][0]:.3f}, {values['topk']['ci95'][1]:.3f}]"
+                )
+    if is_zoo_name and not args.out and (model_card_dir(args.model) / "config.json").is_file():
+        _card(argparse.Namespace(name=args.model, results=None))
+    return 0
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from .leaderboard import leaderboard_markdown
+
+    print(leaderboard_markdown(), end="")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train import run_from_args
 
@@ -203,6 +273,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision")
     p.add_argument("--cache-dir")
     p.set_defaults(func=_download)
+
+    p = sub.add_parser("evaluate", help="accuracy and attribution robustness into a results JSON")
+    p.add_argument("model", help="zoo name or model folder")
+    p.add_argument("--data-dir", required=True, help="CIFAR-10 (any layout lga-zoo train accepts)")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--n-images", type=int, default=1000, help="images for robustness and PGD (default 1000)")
+    p.add_argument("--n-accuracy", type=int, help="images for clean accuracy (default: the whole split)")
+    p.add_argument(
+        "--methods", default="grad,ig", help="comma-separated: grad,input_x_grad,ig,smoothgrad,boundary"
+    )
+    p.add_argument(
+        "--attacks", default="random,targeted,topk,pgd", help="comma-separated: random,targeted,topk,pgd"
+    )
+    p.add_argument("--eps", default="4/255", help="L-inf radius of the perturbations, pixels in [0, 1]")
+    p.add_argument("--attack-steps", type=int, default=100)
+    p.add_argument("--random-draws", type=int, default=5)
+    p.add_argument("--softplus-beta", type=float, default=20.0, help="Softplus beta used during the attacks")
+    p.add_argument(
+        "--attack-map",
+        default="same",
+        choices=["same", "grad"],
+        help="attack each method's own map, or the gradient map for all (cheaper for ig)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--out", help="results JSON (default model_cards/NAME/results.json for zoo names)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_evaluate, record_argv=True)
+
+    p = sub.add_parser("leaderboard", help="the zoo's results as a Markdown table (the README's zoo table)")
+    p.set_defaults(func=_leaderboard)
 
     from .train import build_parser as train_parser
 

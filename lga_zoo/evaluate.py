@@ -1,0 +1,311 @@
+"""Evaluation: clean and adversarial accuracy, and attribution robustness, into a results JSON.
+
+``lga-zoo evaluate NAME_OR_PATH --data-dir D`` measures
+
+* top-1 accuracy on the split (all images, or ``--n-accuracy``);
+* adversarial accuracy under PGD (L-inf and L2) on the robustness images (``pgd`` attack);
+* for each attribution method, the similarity of the map at x and at x' (top-k intersection,
+  Kendall, Spearman, cosine, Pearson, SSIM, MSE) for x' from: ``random`` uniform noise in the
+  L-inf ball (several draws), the ``targeted`` attribution attack (frame target) and the
+  untargeted ``topk`` attack, the attacks run with ReLU swapped for Softplus(beta).
+
+Each similarity is reported as the mean over images and a 95% confidence interval (normal
+approximation), with the model's sha256, the data, every setting, the seed, the package versions
+and the command line.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .attacks import (
+    DIFFERENTIABLE_METHODS,
+    pgd,
+    random_perturbation,
+    targeted_attribution_attack,
+    topk_attack,
+)
+from .attribution import ALIASES, attribute, normalize_attribution, resolve_method
+from .data import ImageArrays
+from .metrics import SIMILARITIES, similarities
+from .models import softplus_activations
+
+ATTACKS = ("random", "targeted", "topk", "pgd")
+
+
+@dataclass
+class EvalSettings:
+    """Every setting of an evaluation; recorded in the results JSON."""
+
+    methods: tuple[str, ...] = ("grad", "integrated_gradients")
+    attacks: tuple[str, ...] = ATTACKS
+    n_robustness: int = 1000
+    n_accuracy: int | None = None
+    eps: float = 4 / 255
+    attack_steps: int = 100
+    random_draws: int = 5
+    softplus_beta: float = 20.0
+    gamma: float = 0.9
+    topk_fraction: float = 0.1
+    ig_steps: int = 32
+    attack_map: str = "same"  # "same": attack the evaluated method's map; "grad": attack the gradient map
+    attack_ig_steps: int = 8
+    pgd_linf_eps: float = 2 / 255
+    pgd_l2_eps: float = 0.25
+    pgd_steps: int = 20
+    similarities: tuple[str, ...] = SIMILARITIES
+    batch_size: int = 100
+    seed: int = 0
+    method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.methods = tuple(ALIASES.get(m, m) for m in self.methods)
+        for method in self.methods:
+            resolve_method(method, {})
+        unknown = [a for a in self.attacks if a not in ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown attacks {unknown}; accepted: {ATTACKS}")
+        if self.attack_map not in ("same", "grad"):
+            raise ValueError(f"attack_map={self.attack_map!r}; accepted: 'same', 'grad'")
+        for method in self.methods:
+            kwargs = {"steps": self.ig_steps} if method in ("integrated_gradients", "boundary") else {}
+            self.method_settings[method] = resolve_method(method, kwargs)[1]
+
+    def recorded(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["methods"] = list(self.methods)
+        record["attacks"] = list(self.attacks)
+        record["similarities"] = list(self.similarities)
+        record["method_settings"] = {
+            m: {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()}
+            for m, s in self.method_settings.items()
+        }
+        return record
+
+
+def mean_ci95(values: Tensor | np.ndarray) -> dict[str, Any]:
+    """Mean and a 95% confidence interval (mean +- 1.96 standard errors) of per-image values."""
+    array = np.asarray(values, dtype=np.float64)
+    n = len(array)
+    mean = float(array.mean()) if n else float("nan")
+    half = 1.96 * float(array.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": n}
+
+
+def _maps(model: nn.Module, x: Tensor, target: Tensor, method: str, settings: EvalSettings) -> Tensor:
+    raw, _ = attribute(model, x, target, method, settings.method_settings[method])
+    return normalize_attribution(raw, "max")
+
+
+def _attacked_inputs(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    method: str,
+    attack: str,
+    settings: EvalSettings,
+    generator: torch.Generator,
+) -> list[Tensor]:
+    if attack == "random":
+        return [random_perturbation(x, settings.eps, generator) for _ in range(settings.random_draws)]
+    attack_method = method if settings.attack_map == "same" and method in DIFFERENTIABLE_METHODS else "grad"
+    with softplus_activations(model, settings.softplus_beta):
+        if attack == "targeted":
+            x_adv = targeted_attribution_attack(
+                model,
+                x,
+                target,
+                eps=settings.eps,
+                steps=settings.attack_steps,
+                gamma=settings.gamma,
+                method=attack_method,
+                ig_steps=settings.attack_ig_steps,
+                generator=generator,
+            )
+        else:
+            x_adv = topk_attack(
+                model,
+                x,
+                target,
+                eps=settings.eps,
+                steps=settings.attack_steps,
+                k=settings.topk_fraction,
+                method=attack_method,
+                ig_steps=settings.attack_ig_steps,
+            )
+    return [x_adv]
+
+
+@torch.no_grad()
+def clean_accuracy(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int,
+    device: torch.device,
+    progress: bool = False,
+) -> float:
+    correct = 0
+    for start in tqdm(range(0, len(labels), batch_size), desc="accuracy", disable=not progress, leave=False):
+        x = images[start : start + batch_size].to(device).float().div(255)
+        correct += (model(x).argmax(1).cpu() == labels[start : start + batch_size]).sum().item()
+    return correct / len(labels)
+
+
+def evaluate(
+    model: nn.Module,
+    data: ImageArrays,
+    settings: EvalSettings,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Measure ``model`` (pixels in [0, 1] in, logits out) on ``data``; returns the ``accuracy``,
+    ``robustness`` and ``data`` sections of the results JSON."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    images = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
+    labels = torch.from_numpy(data.labels)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(settings.seed))
+    n_acc = min(settings.n_accuracy or len(labels), len(labels))
+    acc_idx = order[:n_acc] if n_acc < len(labels) else torch.arange(len(labels))
+    accuracy: dict[str, Any] = {
+        "clean": clean_accuracy(model, images[acc_idx], labels[acc_idx], 500, device, progress),
+        "n_images": n_acc,
+    }
+    rob_idx = order[: min(settings.n_robustness, len(labels))]
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    per_image: dict[str, dict[str, dict[str, list[Tensor]]]] = {
+        m: {a: {s: [] for s in settings.similarities} for a in settings.attacks if a != "pgd"}
+        for m in settings.methods
+    }
+    pgd_correct = {"linf": 0, "l2": 0}
+    changed = {m: {a: 0 for a in ("targeted", "topk")} for m in settings.methods}
+    batches = range(0, len(rob_idx), settings.batch_size)
+    for start in tqdm(batches, desc="robustness", disable=not progress):
+        idx = rob_idx[start : start + settings.batch_size]
+        x = images[idx].to(device).float().div(255)
+        y = labels[idx].to(device)
+        with torch.no_grad():
+            predicted = model(x).argmax(1)
+        if "pgd" in settings.attacks:
+            for norm, eps in (("linf", settings.pgd_linf_eps), ("l2", settings.pgd_l2_eps)):
+                x_adv = pgd(model, x, y, eps, norm=norm, steps=settings.pgd_steps)
+                with torch.no_grad():
+                    pgd_correct[norm] += (model(x_adv).argmax(1) == y).sum().item()
+        for method in settings.methods:
+            clean_maps = _maps(model, x, predicted, method, settings)
+            for attack in settings.attacks:
+                if attack == "pgd":
+                    continue
+                perturbed = _attacked_inputs(model, x, predicted, method, attack, settings, generator)
+                draws = []
+                for x_prime in perturbed:
+                    assert (x_prime - x).abs().max() <= settings.eps + 1e-5, "perturbation left the ball"
+                    draws.append(
+                        similarities(
+                            clean_maps,
+                            _maps(model, x_prime, predicted, method, settings),
+                            settings.similarities,
+                            settings.topk_fraction,
+                        )
+                    )
+                    if attack in changed[method]:
+                        with torch.no_grad():
+                            changed[method][attack] += (model(x_prime).argmax(1) != predicted).sum().item()
+                for name in settings.similarities:
+                    per_image[method][attack][name].append(
+                        torch.stack([d[name] for d in draws]).mean(0).cpu()
+                    )
+    n_rob = len(rob_idx)
+    if "pgd" in settings.attacks:
+        accuracy["pgd"] = {
+            norm: {
+                "eps": eps,
+                "steps": settings.pgd_steps,
+                "accuracy": pgd_correct[norm] / n_rob,
+                "n_images": n_rob,
+            }
+            for norm, eps in (("linf", settings.pgd_linf_eps), ("l2", settings.pgd_l2_eps))
+        }
+    robustness = {
+        method: {
+            attack: {name: mean_ci95(torch.cat(values)) for name, values in sims.items()}
+            for attack, sims in attacks.items()
+        }
+        for method, attacks in per_image.items()
+    }
+    for method, attacks in changed.items():
+        for attack, count in attacks.items():
+            if attack in robustness[method]:
+                robustness[method][attack]["prediction_changed"] = count / n_rob
+    return {
+        "accuracy": accuracy,
+        "robustness": robustness,
+        "data": {"name": data.name, "n_robustness": n_rob},
+    }
+
+
+def package_versions() -> dict[str, str]:
+    import captum
+    import timm
+
+    from . import __version__
+
+    return {
+        "lga_zoo": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "captum": captum.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run_evaluation(
+    name_or_path: str,
+    data_dir: str,
+    split: str,
+    settings: EvalSettings,
+    device: str | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Load the model and the data, evaluate, and assemble the full results JSON."""
+    from .data import load_cifar10
+    from .folder import WEIGHTS_NAME, sha256_of
+    from .hub import load
+
+    torch.manual_seed(settings.seed)
+    model = load(name_or_path)
+    data = load_cifar10(data_dir, split)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    measured = evaluate(model, data, settings, device, progress)
+    source = getattr(model, "source", "")
+    weights_sha = (
+        model.entry.sha256 if model.entry is not None and source.startswith(("checkout", "hub")) else None
+    )
+    if weights_sha is None and source.startswith("folder:"):
+        weights_sha = sha256_of(f"{source[len('folder:') :]}/{WEIGHTS_NAME}")
+    name = model.entry.name if model.entry is not None else str(name_or_path)
+    return {
+        "model": {"name": name, "sha256": weights_sha, "source": source},
+        "data": {**measured["data"], "split": split, "n_accuracy": measured["accuracy"]["n_images"]},
+        "seed": settings.seed,
+        "settings": {k: v for k, v in settings.recorded().items() if k not in ("methods", "attacks")},
+        "methods": list(settings.methods),
+        "attacks": list(settings.attacks),
+        "accuracy": measured["accuracy"],
+        "robustness": measured["robustness"],
+        "versions": package_versions(),
+        "device": str(device),
+        "command": command or " ".join(["lga-zoo", *sys.argv[1:]]),
+    }

@@ -1,0 +1,176 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lga_zoo
+from lga_zoo.attacks import (
+    differentiable_map,
+    frame_target,
+    pgd,
+    random_perturbation,
+    targeted_attribution_attack,
+    topk_attack,
+)
+from lga_zoo.data import CIFAR10_CLASSES, ImageArrays
+from lga_zoo.evaluate import EvalSettings, evaluate, mean_ci95
+from lga_zoo.leaderboard import END_MARKER, START_MARKER, leaderboard_markdown, readme_table
+from lga_zoo.metrics import topk_intersection
+from lga_zoo.models import softplus_activations
+
+REPO = Path(__file__).resolve().parents[1]
+EPS = 4 / 255
+
+
+def relu_cnn(seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10),
+    )  # fmt: skip
+    return lga_zoo.wrap(net, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 16, 16)).eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+def in_ball(x_adv, x, eps):
+    return (x_adv - x).abs().max().item() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_frame_target():
+    frame = frame_target(32, 32)
+    assert frame.sum().item() == pytest.approx(1.0)
+    assert (frame[5:27, 5:27] == 0).all() and (frame[:5] > 0).all() and (frame[:, -5:] > 0).all()
+    assert (frame_target(64, 64)[10:54, 10:54] == 0).all() and (frame_target(64, 64)[:10] > 0).all()
+
+
+def test_differentiable_map_matches_explain(images):
+    model = relu_cnn()
+    target = torch.tensor([1, 2, 3, 4, 5, 6])
+    x = images.clone().requires_grad_(True)
+    for method in ("grad", "input_x_grad"):
+        maps = differentiable_map(model, x, target, method).detach()
+        reference = model.explain(images, target=target, method=method, normalize="sum").attribution
+        assert torch.allclose(maps, reference, atol=1e-6)
+    ig = differentiable_map(model, x, target, "integrated_gradients", ig_steps=64).detach()
+    reference = model.explain(images, target=target, method="ig", steps=64, normalize="sum").attribution
+    assert torch.allclose(ig, reference, atol=2e-3)
+
+
+def test_perturbations_stay_in_ball_and_are_deterministic(images):
+    model = relu_cnn()
+    target = model(images).argmax(1)
+    noisy = random_perturbation(images, EPS, torch.Generator().manual_seed(1))
+    assert in_ball(noisy, images, EPS)
+    with softplus_activations(model, 20.0):
+        t1 = targeted_attribution_attack(
+            model, images, target, eps=EPS, steps=15, generator=torch.Generator().manual_seed(3)
+        )
+        t2 = targeted_attribution_attack(
+            model, images, target, eps=EPS, steps=15, generator=torch.Generator().manual_seed(3)
+        )
+        k1 = topk_attack(model, images, target, eps=EPS, steps=10)
+    assert in_ball(t1, images, EPS) and in_ball(k1, images, EPS)
+    assert torch.equal(t1, t2)
+    for norm, eps in (("linf", 2 / 255), ("l2", 0.3)):
+        adv = pgd(model, images, target, eps, norm=norm, steps=10)
+        delta = (adv - images).flatten(1)
+        size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
+        assert (size <= eps + 1e-5).all() and adv.min() >= 0 and adv.max() <= 1
+
+
+def test_attacks_lower_similarity_more_than_noise(images):
+    model = relu_cnn()
+    target = model(images).argmax(1)
+    clean = model.explain(images, target=target, normalize="max").attribution
+    noisy = model.explain(
+        random_perturbation(images, EPS, torch.Generator().manual_seed(1)), target=target
+    ).attribution
+    with softplus_activations(model, 20.0):
+        attacked = targeted_attribution_attack(model, images, target, eps=EPS, steps=40)
+        topk_point = topk_attack(model, images, target, eps=EPS, steps=40)
+    targeted_map = model.explain(attacked, target=target).attribution
+    topk_map = model.explain(topk_point, target=target).attribution
+    noise_sim = topk_intersection(clean, noisy).mean()
+    assert topk_intersection(clean, targeted_map).mean() < noise_sim - 0.1
+    assert topk_intersection(clean, topk_map).mean() < noise_sim - 0.1
+    # The targeted attack moved mass onto the frame.
+    frame = frame_target(16, 16) > 0
+    assert (targeted_map * frame).sum() > (clean * frame).sum()
+
+
+def test_softplus_swap_is_restored_on_error():
+    model = relu_cnn()
+    with pytest.raises(RuntimeError, match="boom"):
+        with softplus_activations(model, 5.0):
+            assert sum(isinstance(m, nn.Softplus) for m in model.modules()) == 2
+            raise RuntimeError("boom")
+    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 2
+    assert not any(isinstance(m, nn.Softplus) for m in model.modules())
+
+
+def test_pgd_lowers_accuracy(images):
+    model = relu_cnn()
+    target = model(images).argmax(1)
+    adv = pgd(model, images, target, 0.5, norm="linf", steps=20)
+    assert (model(adv).argmax(1) != target).float().mean() > 0.5
+
+
+def test_mean_ci95_closed_form():
+    values = np.array([1.0, 2.0, 3.0, 4.0])
+    stat = mean_ci95(values)
+    half = 1.96 * values.std(ddof=1) / 2
+    assert stat["mean"] == 2.5 and stat["ci95"] == pytest.approx([2.5 - half, 2.5 + half]) and stat["n"] == 4
+
+
+def test_evaluate_end_to_end_small():
+    model = relu_cnn()
+    rng = np.random.default_rng(0)
+    data = ImageArrays(
+        rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8),
+        rng.integers(0, 10, 12),
+        CIFAR10_CLASSES,
+        "synthetic",
+    )
+    settings = EvalSettings(
+        methods=("grad", "ig"),
+        n_robustness=8,
+        attack_steps=5,
+        random_draws=2,
+        batch_size=4,
+        ig_steps=8,
+        similarities=("topk", "kendall", "cosine"),
+    )
+    results = evaluate(model, data, settings, progress=False)
+    with torch.no_grad():
+        x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
+        expected_acc = (model(x).argmax(1).numpy() == data.labels).mean()
+    assert (
+        results["accuracy"]["clean"] == pytest.approx(expected_acc) and results["accuracy"]["n_images"] == 12
+    )
+    assert set(results["accuracy"]["pgd"]) == {"linf", "l2"}
+    assert set(results["robustness"]) == {"grad", "integrated_gradients"}
+    grad = results["robustness"]["grad"]
+    assert set(grad) == {"random", "targeted", "topk"}
+    assert grad["random"]["topk"]["n"] == 8 and 0 <= grad["random"]["topk"]["mean"] <= 1
+    lo, hi = grad["targeted"]["kendall"]["ci95"]
+    assert lo <= grad["targeted"]["kendall"]["mean"] <= hi
+    assert 0 <= grad["targeted"]["prediction_changed"] <= 1
+    again = evaluate(model, data, settings, progress=False)
+    assert json.dumps(again, sort_keys=True) == json.dumps(
+        results, sort_keys=True
+    )  # deterministic under a seed
+
+
+def test_readme_zoo_table_is_the_leaderboard():
+    readme = (REPO / "README.md").read_text()
+    assert START_MARKER in readme and END_MARKER in readme
+    assert readme_table(readme) == leaderboard_markdown(), (
+        "README zoo table is stale: paste `lga-zoo leaderboard`"
+    )

@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from lga_zoo import metrics as M
+
+
+def random_maps(seed=0, shape=(6, 16, 16)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=g), torch.rand(shape, generator=g)
+
+
+def tied_maps(seed=1, shape=(6, 16, 16)):
+    # Few distinct values: many ties, as in ReLU maps with exact zeros.
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(0, 4, shape, generator=g).float() / 3
+    b = torch.randint(0, 3, shape, generator=g).float() / 2
+    a[0] = 0.5  # one constant map
+    return a, b
+
+
+CASES = [random_maps, tied_maps]
+
+
+@pytest.mark.parametrize("make", CASES)
+def test_rank_correlations_match_scipy(make):
+    a, b = make()
+    tau = M.kendall_tau(a, b)
+    rho = M.spearman(a, b)
+    for i in range(len(a)):
+        x, y = a[i].flatten().numpy(), b[i].flatten().numpy()
+        ref_tau = stats.kendalltau(x, y).statistic
+        ref_rho = stats.spearmanr(x, y).statistic
+        ref_tau = 0.0 if np.isnan(ref_tau) else ref_tau
+        ref_rho = 0.0 if np.isnan(ref_rho) else ref_rho
+        assert tau[i].item() == pytest.approx(ref_tau, abs=1e-9)
+        assert rho[i].item() == pytest.approx(ref_rho, abs=1e-9)
+
+
+@pytest.mark.parametrize("make", CASES)
+def test_average_ranks_match_rankdata(make):
+    a, _ = make()
+    ranks = M.average_ranks(a.flatten(1))
+    for i in range(len(a)):
+        assert np.allclose(ranks[i].numpy(), stats.rankdata(a[i].flatten().numpy()))
+
+
+@pytest.mark.parametrize("make", CASES)
+def test_pearson_cosine_mse_match_numpy(make):
+    a, b = make()
+    for i in range(len(a)):
+        x, y = a[i].flatten().double().numpy(), b[i].flatten().double().numpy()
+        if x.std() > 0 and y.std() > 0:
+            assert M.pearson(a, b)[i].item() == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-9)
+        else:
+            assert M.pearson(a, b)[i].item() == 0.0
+        assert M.cosine(a, b)[i].item() == pytest.approx(
+            x @ y / (np.linalg.norm(x) * np.linalg.norm(y)), abs=1e-9
+        )
+        assert M.mse(a, b)[i].item() == pytest.approx(np.mean((x - y) ** 2), abs=1e-12)
+
+
+@pytest.mark.parametrize("make", CASES)
+@pytest.mark.parametrize("k", [0.1, 7, 0.5])
+def test_topk_intersection_matches_numpy(make, k):
+    a, b = make()
+    n = a[0].numel()
+    count = max(1, round(k * n)) if isinstance(k, float) else k
+    result = M.topk_intersection(a, b, k)
+    for i in range(len(a)):
+        top_a = set(np.argsort(-a[i].flatten().numpy(), kind="stable")[:count])
+        top_b = set(np.argsort(-b[i].flatten().numpy(), kind="stable")[:count])
+        assert result[i].item() == pytest.approx(len(top_a & top_b) / count)
+
+
+def test_topk_identical_and_disjoint():
+    a = torch.arange(100.0).view(1, 10, 10)
+    assert M.topk_intersection(a, a, 0.1).item() == 1.0
+    assert M.topk_intersection(a, -a, 0.1).item() == 0.0
+    with pytest.raises(ValueError, match="fraction"):
+        M.topk_intersection(a, a, 1.5)
+
+
+@pytest.mark.parametrize("make", CASES)
+def test_ssim_matches_skimage(make):
+    metrics = pytest.importorskip("skimage.metrics")
+    a, b = make(shape=(4, 24, 24))
+    result = M.ssim(a, b)
+    for i in range(len(a)):
+        ref = metrics.structural_similarity(
+            a[i].double().numpy(),
+            b[i].double().numpy(),
+            data_range=1.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
+        assert result[i].item() == pytest.approx(ref, abs=1e-6)
+    assert torch.allclose(M.ssim(a, a), torch.ones(len(a), dtype=torch.float64))
+
+
+def test_similarities_bundle_and_errors():
+    a, b = random_maps()
+    out = M.similarities(a, b)
+    assert set(out) == set(M.SIMILARITIES) and all(v.shape == (len(a),) for v in out.values())
+    with pytest.raises(ValueError, match="same shape"):
+        M.cosine(a, b[:, :4])
+    with pytest.raises(ValueError, match="unknown similarities"):
+        M.similarities(a, b, ("kendal",))
