@@ -186,3 +186,23 @@ def test_cli_train_and_torchrun_ddp_two_processes(tiny_cifar, tmp_path):
         timeout=300,
     )
     assert done.returncode == 2 and "unknown key 'epoch'" in done.stderr
+
+
+@pytest.mark.slow
+def test_short_run_on_real_cifar10_learns(real_cifar, tmp_path):
+    recipe = tiny_recipe(
+        epochs=2,
+        batch_size=64,
+        max_train_images=3000,
+        regularizer={"name": "none"},
+        optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+    )
+    folder = train(recipe, real_cifar, tmp_path, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["test_acc"] > 0.25  # chance is 0.10
+    config = json.loads((folder / "config.json").read_text())
+    assert config["lga_zoo"]["data"] == {
+        "name": "CIFAR-10 (JPEG copy)",
+        "train_images": 3000,
+        "test_images": 10000,
+    }

@@ -1,0 +1,55 @@
+"""The published checkpoints in model_cards/: they load offline, match their pins and their cards."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import lga_zoo
+from lga_zoo.data import load_cifar10
+from lga_zoo.folder import sha256_of
+from lga_zoo.hub import model_card_dir
+
+from .conftest import REPO
+
+PUBLISHED = lga_zoo.list_models()
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_checkpoint_loads_offline_and_explains_the_bundled_photo(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    entry = lga_zoo.get_entry(name)
+    weights = model_card_dir(name) / "model.safetensors"
+    assert sha256_of(weights) == entry.sha256 and weights.stat().st_size == entry.size
+    model = lga_zoo.load(name)
+    assert model.source.startswith("checkout:") and not model.training
+    with Image.open(REPO / "examples" / "cat.jpg") as photo:
+        exp = model.explain(photo, method="grad")
+    assert exp.attribution.shape == (1, 32, 32) and exp.attribution.max() == 1
+    assert exp.probabilities.sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_accuracy_matches_card_on_500_test_images(name, real_cifar):
+    entry = lga_zoo.get_entry(name)
+    model = lga_zoo.load(name)
+    test = load_cifar10(real_cifar, "test")
+    idx = np.random.default_rng(0).permutation(len(test))[:500]
+    x = torch.from_numpy(test.images[idx]).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        accuracy = (model(x).argmax(1).numpy() == test.labels[idx]).mean()
+    assert abs(accuracy - entry.metrics["accuracy"]) <= 0.03, (accuracy, entry.metrics["accuracy"])
+
+
+@pytest.mark.slow
+def test_real_cifar10_archive_decodes_to_the_known_data(real_cifar):
+    train = load_cifar10(real_cifar, "train")
+    test = load_cifar10(real_cifar, "test")
+    assert train.images.shape == (50000, 32, 32, 3) and test.images.shape == (10000, 32, 32, 3)
+    assert (
+        np.bincount(train.labels).tolist() == [5000] * 10 and np.bincount(test.labels).tolist() == [1000] * 10
+    )
+    assert train.name == "CIFAR-10 (JPEG copy)"
+    mean = train.images.reshape(-1, 3).mean(0) / 255
+    assert np.allclose(mean, [0.4913, 0.4821, 0.4465], atol=2e-3)  # the data README's figures
