@@ -1,5 +1,7 @@
 """The published checkpoints in model_cards/: they load offline, match their pins and their cards."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from lga_zoo.data import load_cifar10
 from lga_zoo.folder import sha256_of
 from lga_zoo.hub import model_card_dir
 
-from .conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 PUBLISHED = lga_zoo.list_models()
 
