@@ -209,6 +209,19 @@ def imagenet100_folder(data_dir: str | os.PathLike, split: str = "train", transf
     return _Subset(str(root), transform=transform)
 
 
+def timm_eval_transform(backbone, normalize: bool = False):
+    """The evaluation transform of a timm model from its data config (e.g. 224 px: resize 256,
+    center crop 224). Without ``normalize`` it stops at pixels in [0, 1], for models that normalize
+    inside (every lga-zoo model does)."""
+    from timm.data import create_transform, resolve_data_config
+
+    config = resolve_data_config(model=backbone)
+    transform = create_transform(**config, is_training=False)
+    if not normalize:
+        transform.transforms = [t for t in transform.transforms if type(t).__name__ != "Normalize"]
+    return transform
+
+
 def augment_cifar(images: Tensor, generator: torch.Generator | None = None, padding: int = 4) -> Tensor:
     """Pad-``padding`` random crop and random horizontal flip of a float batch (B, C, H, W), one
     crop offset and flip per image, by gathering from the zero-padded batch."""
