@@ -236,3 +236,14 @@ def test_real_photo_through_timm_resnet(tmp_path):
     bare = exp.inputs[0].permute(1, 2, 0).numpy()
     shown = np.asarray(exp.overlay(min_size=1), dtype=np.float32) / 255
     assert np.abs(shown - bare).max() > 0.1
+
+
+def test_plot_draws_input_map_and_overlay(model, batch):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    exp = model.explain(batch[:2], method="grad")
+    fig = exp.plot()
+    assert len(fig.axes) == 6
+    assert fig.axes[0].get_title() == exp.describe(0)
+    shown = fig.axes[1].images[0].get_array()
+    assert np.allclose(np.asarray(shown), exp.attribution[0].numpy())
