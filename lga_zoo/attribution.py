@@ -20,7 +20,7 @@ The raw signed attribution (B, C, H, W) stays in :attr:`Explanation.raw`.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -170,7 +170,7 @@ def find_boundary_points(
 
 
 def attribute(
-    model: nn.Module,
+    model: nn.Module | Callable[[Tensor], Tensor],
     x: Tensor,
     target: Tensor,
     method: str,
@@ -235,6 +235,31 @@ def _model_batch(model: nn.Module, inputs) -> Tensor:
     return batch.to(dtype)
 
 
+SINGLE_PASS_METHODS = ("grad", "input_x_grad")  # one forward at x: its logits give the probabilities
+
+
+class _RecordingForward:
+    """Calls the model and keeps its last output (detached), for methods whose forward runs at x."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.output = model, None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        output = self.model(x)
+        self.output = output.detach()
+        return output
+
+
+def _known_num_classes(model: nn.Module) -> int | None:
+    """The number of classes when the model says it without a forward pass (labels or timm's
+    ``num_classes``), else ``None``."""
+    labels = getattr(model, "labels", None)
+    if labels:
+        return len(labels)
+    count = getattr(getattr(model, "backbone", None), "num_classes", None)
+    return count if isinstance(count, int) and count > 0 else None
+
+
 class _EvalMode:
     """Eval mode inside the block, the previous mode restored after."""
 
@@ -270,12 +295,24 @@ def explain(
     if normalize not in NORMALIZATIONS:
         normalize_attribution(torch.zeros(1, 1, 1, 1), normalize)  # raises with the accepted values
     x = _model_batch(model, inputs)
+    labels = getattr(model, "labels", None)
+    num_classes = _known_num_classes(model)
     with _EvalMode(model):
-        with torch.no_grad():
-            probabilities = model(x).float().softmax(1)
-        predicted = probabilities.argmax(1)
-        target_t = resolve_target(target, predicted, getattr(model, "labels", None), probabilities.shape[1])
-        raw, extras = attribute(model, x, target_t, method, settings, predicted)
+        if method in SINGLE_PASS_METHODS and target is not None and num_classes is not None:
+            # The target is known before the attribution: reuse the forward captum runs for the
+            # probabilities instead of a separate forward pass.
+            placeholder = torch.zeros(len(x), dtype=torch.long, device=x.device)
+            target_t = resolve_target(target, placeholder, labels, num_classes)
+            recording = _RecordingForward(model)
+            raw, extras = attribute(recording, x, target_t, method, settings)
+            probabilities = recording.output.float().softmax(1)
+            predicted = probabilities.argmax(1)
+        else:
+            with torch.no_grad():
+                probabilities = model(x).float().softmax(1)
+            predicted = probabilities.argmax(1)
+            target_t = resolve_target(target, predicted, labels, probabilities.shape[1])
+            raw, extras = attribute(model, x, target_t, method, settings, predicted)
     if not torch.isfinite(raw).all():
         raise InputError(f"the {method} attribution holds NaN or inf values; check the model's outputs")
     return Explanation(

@@ -174,6 +174,7 @@ def render_card(entry: ZooEntry, results: dict[str, Any] | None, config: dict[st
             f"{training.get('final_test_acc', float('nan')):.2%}.\n\n"
         )
     papers = "\n".join(f"- {p}" for p in entry.papers)
+    note = f"Note: {entry.notes}\n\n" if entry.notes else ""
     return f"""---
 {meta}---
 
@@ -209,7 +210,7 @@ Recipe `{entry.recipe}` on {data_name}:
 lga-zoo train {entry.recipe} --data-dir DIR --out runs/{entry.name}
 ```
 
-{trained}## Evaluation
+{trained}{note}## Evaluation
 
 {_evaluation_section(results)}
 ## Limitations

@@ -104,8 +104,9 @@ def _card(args: argparse.Namespace) -> int:
 
 def _publish(args: argparse.Namespace) -> int:
     from .folder import CONFIG_NAME, WEIGHTS_NAME, load_model_folder, sha256_of
-    from .hub import model_card_dir
+    from .hub import TRAIN_LOG_NAME, model_card_dir
     from .registry import all_entries, get_entry, write_entries
+    from .train import LOG_NAME
 
     entry = get_entry(args.name)
     source = Path(args.source)
@@ -121,6 +122,9 @@ def _publish(args: argparse.Namespace) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     for name in (WEIGHTS_NAME, CONFIG_NAME):
         shutil.copyfile(source / name, dest / name)
+    run_log = source.parent / LOG_NAME  # lga-zoo train writes OUT/log.jsonl beside OUT/model
+    if run_log.is_file():
+        shutil.copyfile(run_log, dest / TRAIN_LOG_NAME)
     weights = dest / WEIGHTS_NAME
     entry = replace(entry, sha256=sha256_of(weights), size=weights.stat().st_size)
     write_entries([entry if e.name == entry.name else e for e in all_entries()])
@@ -164,6 +168,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     import shlex
 
     from .evaluate import EvalSettings, run_evaluation
+    from .folder import atomic_write_text
     from .hub import RESULTS_NAME, model_card_dir
     from .registry import list_models
 
@@ -183,6 +188,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     command = (
         "lga-zoo evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if args.record_argv else None
     )
+    is_zoo_name = args.model in list_models(pretrained=False)
+    out = (
+        Path(args.out)
+        if args.out
+        else (model_card_dir(args.model) / RESULTS_NAME if is_zoo_name else Path("results.json"))
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.stem + ".partial.json")
     results = run_evaluation(
         args.model,
         args.data_dir,
@@ -191,15 +204,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         command=command,
+        on_partial=lambda so_far: atomic_write_text(partial, json.dumps(so_far, indent=2) + "\n"),
     )
-    is_zoo_name = args.model in list_models(pretrained=False)
-    out = (
-        Path(args.out)
-        if args.out
-        else (model_card_dir(args.model) / RESULTS_NAME if is_zoo_name else Path("results.json"))
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(results, indent=2) + "\n")
+    partial.unlink(missing_ok=True)
     print(
         f"accuracy {results['accuracy']['clean']:.2%} on {results['accuracy']['n_images']} images; results in {out}"
     )

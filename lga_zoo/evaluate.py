@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -106,6 +107,12 @@ def _maps(model: nn.Module, x: Tensor, target: Tensor, method: str, settings: Ev
     return normalize_attribution(raw, "max")
 
 
+def attacked_map(method: str, settings: EvalSettings) -> str:
+    """The attribution method whose map the attacks on ``method`` optimize: the method itself when
+    ``attack_map="same"`` and it is differentiable, else the gradient."""
+    return method if settings.attack_map == "same" and method in DIFFERENTIABLE_METHODS else "grad"
+
+
 def _attacked_inputs(
     model: nn.Module,
     x: Tensor,
@@ -117,7 +124,7 @@ def _attacked_inputs(
 ) -> list[Tensor]:
     if attack == "random":
         return [random_perturbation(x, settings.eps, generator) for _ in range(settings.random_draws)]
-    attack_method = method if settings.attack_map == "same" and method in DIFFERENTIABLE_METHODS else "grad"
+    attack_method = attacked_map(method, settings)
     with softplus_activations(model, settings.softplus_beta):
         if attack == "targeted":
             x_adv = targeted_attribution_attack(
@@ -167,9 +174,11 @@ def evaluate(
     settings: EvalSettings,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    on_batch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Measure ``model`` (pixels in [0, 1] in, logits out) on ``data``; returns the ``accuracy``,
-    ``robustness`` and ``data`` sections of the results JSON."""
+    ``robustness`` and ``data`` sections of the results JSON. ``on_batch``, if given, receives the
+    same sections over the images done so far after each robustness batch but the last."""
     device = torch.device(device)
     model = model.to(device).eval()
     images = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
@@ -201,12 +210,20 @@ def evaluate(
                 x_adv = pgd(model, x, y, eps, norm=norm, steps=settings.pgd_steps)
                 with torch.no_grad():
                     pgd_correct[norm] += (model(x_adv).argmax(1) == y).sum().item()
+        # Perturbed inputs by (attack, attacked map): methods that share the attacked map (all of
+        # them with attack_map="grad", and every method for random noise) are measured on the same x'.
+        perturbed_cache: dict[tuple[str, str], list[Tensor]] = {}
         for method in settings.methods:
             clean_maps = _maps(model, x, predicted, method, settings)
             for attack in settings.attacks:
                 if attack == "pgd":
                     continue
-                perturbed = _attacked_inputs(model, x, predicted, method, attack, settings, generator)
+                key = (attack, "-" if attack == "random" else attacked_map(method, settings))
+                if key not in perturbed_cache:
+                    perturbed_cache[key] = _attacked_inputs(
+                        model, x, predicted, method, attack, settings, generator
+                    )
+                perturbed = perturbed_cache[key]
                 draws = []
                 for x_prime in perturbed:
                     assert (x_prime - x).abs().max() <= settings.eps + 1e-5, "perturbation left the ball"
@@ -225,7 +242,23 @@ def evaluate(
                     per_image[method][attack][name].append(
                         torch.stack([d[name] for d in draws]).mean(0).cpu()
                     )
-    n_rob = len(rob_idx)
+        if on_batch is not None and start + settings.batch_size < len(rob_idx):
+            done = min(start + settings.batch_size, len(rob_idx))
+            on_batch(_summary(accuracy, per_image, pgd_correct, changed, done, settings, data.name))
+    return _summary(accuracy, per_image, pgd_correct, changed, len(rob_idx), settings, data.name)
+
+
+def _summary(
+    clean: dict[str, Any],
+    per_image: dict[str, dict[str, dict[str, list[Tensor]]]],
+    pgd_correct: dict[str, int],
+    changed: dict[str, dict[str, int]],
+    n_rob: int,
+    settings: EvalSettings,
+    data_name: str,
+) -> dict[str, Any]:
+    """The ``accuracy``, ``robustness`` and ``data`` sections over the first ``n_rob`` images."""
+    accuracy = dict(clean)
     if "pgd" in settings.attacks:
         accuracy["pgd"] = {
             norm: {
@@ -250,7 +283,7 @@ def evaluate(
     return {
         "accuracy": accuracy,
         "robustness": robustness,
-        "data": {"name": data.name, "n_robustness": n_rob},
+        "data": {"name": data_name, "n_robustness": n_rob},
     }
 
 
@@ -278,8 +311,13 @@ def run_evaluation(
     device: str | None = None,
     progress: bool = True,
     command: str | None = None,
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Load the model and the data, evaluate, and assemble the full results JSON."""
+    """Load the model and the data, evaluate, and assemble the full results JSON.
+
+    ``on_partial``, if given, receives a results JSON over the robustness images done so far
+    (``"complete": false``) after each batch, so a long run that is stopped still leaves its figures.
+    """
     from .data import load_cifar10
     from .folder import WEIGHTS_NAME, sha256_of
     from .hub import load
@@ -288,7 +326,6 @@ def run_evaluation(
     model = load(name_or_path)
     data = load_cifar10(data_dir, split)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    measured = evaluate(model, data, settings, device, progress)
     source = getattr(model, "source", "")
     weights_sha = (
         model.entry.sha256 if model.entry is not None and source.startswith(("checkout", "hub")) else None
@@ -296,16 +333,23 @@ def run_evaluation(
     if weights_sha is None and source.startswith("folder:"):
         weights_sha = sha256_of(f"{source[len('folder:') :]}/{WEIGHTS_NAME}")
     name = model.entry.name if model.entry is not None else str(name_or_path)
-    return {
-        "model": {"name": name, "sha256": weights_sha, "source": source},
-        "data": {**measured["data"], "split": split, "n_accuracy": measured["accuracy"]["n_images"]},
-        "seed": settings.seed,
-        "settings": {k: v for k, v in settings.recorded().items() if k not in ("methods", "attacks")},
-        "methods": list(settings.methods),
-        "attacks": list(settings.attacks),
-        "accuracy": measured["accuracy"],
-        "robustness": measured["robustness"],
-        "versions": package_versions(),
-        "device": str(device),
-        "command": command or " ".join(["lga-zoo", *sys.argv[1:]]),
-    }
+
+    def results_json(measured: dict[str, Any], complete: bool) -> dict[str, Any]:
+        return {
+            "model": {"name": name, "sha256": weights_sha, "source": source},
+            "data": {**measured["data"], "split": split, "n_accuracy": measured["accuracy"]["n_images"]},
+            "seed": settings.seed,
+            "settings": {k: v for k, v in settings.recorded().items() if k not in ("methods", "attacks")},
+            "methods": list(settings.methods),
+            "attacks": list(settings.attacks),
+            "accuracy": measured["accuracy"],
+            "robustness": measured["robustness"],
+            "complete": complete,
+            "versions": package_versions(),
+            "device": str(device),
+            "command": command or " ".join(["lga-zoo", *sys.argv[1:]]),
+        }
+
+    on_batch = None if on_partial is None else (lambda measured: on_partial(results_json(measured, False)))
+    measured = evaluate(model, data, settings, device, progress, on_batch=on_batch)
+    return results_json(measured, True)

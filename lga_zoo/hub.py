@@ -34,6 +34,7 @@ from .models import ExplainableClassifier
 from .registry import UnknownModelError, ZooEntry, get_entry, list_models
 
 RESULTS_NAME = "results.json"
+TRAIN_LOG_NAME = "train_log.jsonl"  # the run's per-epoch log, copied by `lga-zoo publish`
 HF_PREFIX = "hf-hub:"
 
 

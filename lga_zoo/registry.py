@@ -59,6 +59,7 @@ class ZooEntry:
     size: int | None = None
     base_model: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    notes: str | None = None  # what a user must know beyond the card's figures (e.g. a missed target)
 
     @property
     def has_weights(self) -> bool:

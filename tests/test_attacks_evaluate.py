@@ -168,6 +168,57 @@ def test_evaluate_end_to_end_small():
     )  # deterministic under a seed
 
 
+def test_partial_results_equal_a_shorter_run():
+    # A stopped evaluation keeps its figures: the summary after the first batch is exactly the
+    # evaluation of those images alone.
+    rng = np.random.default_rng(0)
+    data = ImageArrays(
+        rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8),
+        rng.integers(0, 10, 12),
+        CIFAR10_CLASSES,
+        "synthetic",
+    )
+    settings = dict(methods=("grad",), n_robustness=12, attack_steps=3, random_draws=2, batch_size=4,
+                    similarities=("topk", "cosine"))  # fmt: skip
+    partials = []
+    full = evaluate(relu_cnn(), data, EvalSettings(**settings), progress=False, on_batch=partials.append)
+    assert [p["data"]["n_robustness"] for p in partials] == [4, 8]
+    assert full["data"]["n_robustness"] == 12
+    first_batch_only = evaluate(
+        relu_cnn(), data, EvalSettings(**{**settings, "n_robustness": 4}), progress=False
+    )
+    assert json.dumps(partials[0], sort_keys=True) == json.dumps(first_batch_only, sort_keys=True)
+
+
+@pytest.mark.parametrize("attack_map, calls_per_batch", [("grad", 1), ("same", 2)])
+def test_methods_sharing_the_attacked_map_share_the_attack(monkeypatch, attack_map, calls_per_batch):
+    import lga_zoo.evaluate as evaluate_module
+
+    calls = []
+    real_attack = evaluate_module.targeted_attribution_attack
+
+    def counting_attack(*args, **kwargs):
+        calls.append(kwargs["method"])
+        return real_attack(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "targeted_attribution_attack", counting_attack)
+    rng = np.random.default_rng(0)
+    data = ImageArrays(
+        rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
+        rng.integers(0, 10, 8),
+        CIFAR10_CLASSES,
+        "synthetic",
+    )
+    settings = EvalSettings(
+        methods=("grad", "ig"), attacks=("targeted",), n_robustness=8, attack_steps=2, batch_size=4,
+        ig_steps=4, attack_ig_steps=2, attack_map=attack_map, similarities=("cosine",),
+    )  # fmt: skip
+    evaluate(relu_cnn(), data, settings, progress=False)
+    assert len(calls) == 2 * calls_per_batch
+    expected = ["grad"] if attack_map == "grad" else ["grad", "integrated_gradients"]
+    assert sorted(set(calls)) == expected
+
+
 def test_readme_zoo_table_is_the_leaderboard():
     readme = (REPO / "README.md").read_text()
     assert START_MARKER in readme and END_MARKER in readme

@@ -219,6 +219,24 @@ def test_target_by_class_name_and_predict(model, batch):
     model.eval()
 
 
+@pytest.mark.parametrize("method", ["grad", "input_x_grad", "integrated_gradients"])
+def test_probabilities_with_a_given_target_match_predict(model, batch, method):
+    # grad and input_x_grad take the probabilities from captum's own forward when the target is
+    # given; they must be those of predict(), whatever the target.
+    classes, probabilities = model.predict(batch)
+    exp = model.explain(batch, target=[3, 2, 1, 0, 3], method=method)
+    assert torch.equal(exp.predicted, classes)
+    assert torch.allclose(exp.probabilities, probabilities, atol=1e-6)
+
+
+def test_target_range_is_checked_for_models_without_labels(batch):
+    unlabeled = lga_zoo.wrap(timm.create_model("resnet10t", num_classes=3), input_size=(3, 8, 8)).eval()
+    with pytest.raises(ValueError, match="out of range.*0..2"):
+        unlabeled.explain(batch, target=3)
+    exp = unlabeled.explain(batch, target=2)
+    assert exp.probabilities.shape == (len(batch), 3)
+
+
 def test_real_photo_through_timm_resnet(tmp_path):
     skimage_data = pytest.importorskip("skimage.data")
     torch.manual_seed(0)

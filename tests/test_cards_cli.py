@@ -70,6 +70,9 @@ def test_card_front_matter_carries_the_results():
     assert "lga-zoo evaluate resnet18_w16_cifar10_lga --data-dir DIR" in text
     assert "| grad | targeted | 0.400 [0.390, 0.410]" in text
     assert summary_metrics(results)["grad/targeted/topk"] == 0.4
+    assert "Note:" not in render_card(replace(entry, notes=None), results)
+    noted = render_card(replace(entry, notes="Below the 85% target."), results)
+    assert "Note: Below the 85% target.\n\n## Evaluation" in noted
 
 
 def test_published_cards_registry_and_results_agree():
@@ -111,11 +114,16 @@ def test_cli_card_publish_list_and_explain(private_zoo, tmp_path, capsys):
 
     model = untrained(NAME)
     save_folder(model, registry.get_entry(NAME), None, tmp_path / "run" / "model")
+    (tmp_path / "run" / "log.jsonl").write_text('{"epoch": 1, "test_acc": 0.5}\n')
     assert cli.main(["publish", NAME, "--from", str(tmp_path / "run" / "model")]) == 0
     entry = registry.get_entry(NAME)
     assert (
         entry.sha256 and entry.size == (tmp_path / "model_cards" / NAME / "model.safetensors").stat().st_size
     )
+    # the run's per-epoch log travels with the weights
+    assert (
+        tmp_path / "model_cards" / NAME / "train_log.jsonl"
+    ).read_text() == '{"epoch": 1, "test_acc": 0.5}\n'
 
     results_path = tmp_path / "results.json"
     results_path.write_text(json.dumps(sample_results()))

@@ -31,6 +31,20 @@ def test_published_checkpoint_loads_offline_and_explains_the_bundled_photo(name,
     assert exp.probabilities.sum().item() == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_checkpoint_through_torch_hub_local(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = torch.hub.load(str(REPO), name, source="local", trust_repo=True)
+    reference = lga_zoo.load(name)
+    assert model.entry.sha256 == lga_zoo.get_entry(name).sha256 and not model.training
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+        assert not torch.equal(
+            model(x), lga_zoo.hub.untrained(name).eval()(x)
+        )  # trained weights, not a fresh init
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_published_accuracy_matches_card_on_500_test_images(name, real_cifar):
