@@ -189,9 +189,10 @@ Part of [lga-zoo](https://github.com/lga-zoo/lga_zoo): classifiers whose explana
 
 ```python
 import lga_zoo
-model = lga_zoo.load("{entry.name}")          # pixels in [0, 1]; normalization is inside the model
-exp = model.explain(image, method="grad")     # PIL image, HWC array, CHW/BCHW tensor
-exp.attribution                               # (B, H, W) map, max-normalized
+
+model = lga_zoo.load("{entry.name}")  # pixels in [0, 1]; normalization is inside the model
+exp = model.explain(image, method="grad")  # PIL image, HWC array, CHW/BCHW tensor
+exp.attribution  # (B, H, W) map, max-normalized
 exp.overlay().save("heat.png")
 ```
 
