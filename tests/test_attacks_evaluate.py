@@ -122,6 +122,17 @@ def test_pgd_lowers_accuracy(images):
     assert (model(adv).argmax(1) != target).float().mean() > 0.5
 
 
+def synthetic_data(n: int) -> ImageArrays:
+    """``n`` random 16x16 uint8 images with random CIFAR-10 labels (seeded)."""
+    rng = np.random.default_rng(0)
+    return ImageArrays(
+        rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8),
+        rng.integers(0, 10, n),
+        CIFAR10_CLASSES,
+        "synthetic",
+    )
+
+
 def test_mean_ci95_closed_form():
     values = np.array([1.0, 2.0, 3.0, 4.0])
     stat = mean_ci95(values)
@@ -131,13 +142,7 @@ def test_mean_ci95_closed_form():
 
 def test_evaluate_end_to_end_small():
     model = relu_cnn()
-    rng = np.random.default_rng(0)
-    data = ImageArrays(
-        rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8),
-        rng.integers(0, 10, 12),
-        CIFAR10_CLASSES,
-        "synthetic",
-    )
+    data = synthetic_data(12)
     settings = EvalSettings(
         methods=("grad", "ig"),
         n_robustness=8,
@@ -171,13 +176,7 @@ def test_evaluate_end_to_end_small():
 def test_partial_results_equal_a_shorter_run():
     # A stopped evaluation keeps its figures: the summary after the first batch is exactly the
     # evaluation of those images alone.
-    rng = np.random.default_rng(0)
-    data = ImageArrays(
-        rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8),
-        rng.integers(0, 10, 12),
-        CIFAR10_CLASSES,
-        "synthetic",
-    )
+    data = synthetic_data(12)
     settings = dict(methods=("grad",), n_robustness=12, attack_steps=3, random_draws=2, batch_size=4,
                     similarities=("topk", "cosine"))  # fmt: skip
     partials = []
@@ -202,13 +201,7 @@ def test_methods_sharing_the_attacked_map_share_the_attack(monkeypatch, attack_m
         return real_attack(*args, **kwargs)
 
     monkeypatch.setattr(evaluate_module, "targeted_attribution_attack", counting_attack)
-    rng = np.random.default_rng(0)
-    data = ImageArrays(
-        rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
-        rng.integers(0, 10, 8),
-        CIFAR10_CLASSES,
-        "synthetic",
-    )
+    data = synthetic_data(8)
     settings = EvalSettings(
         methods=("grad", "ig"), attacks=("targeted",), n_robustness=8, attack_steps=2, batch_size=4,
         ig_steps=4, attack_ig_steps=2, attack_map=attack_map, similarities=("cosine",),
