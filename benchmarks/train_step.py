@@ -1,10 +1,12 @@
 """Images per second of one training step (forward, regularized loss, backward, optimizer step) for
-each regularizer, and its cost relative to plain training.
+each regularizer, precision and memory format, and its cost relative to plain training.
 
-    python benchmarks/train_step.py [--arch resnet18_w16_cifar] [--batch 128] [--steps 10] [--amp bf16]
+    python benchmarks/train_step.py [--arch resnet18_cifar] [--activation softplus] [--batch 128]
+                                    [--steps 5] [--regularizers none,lga,hessian] [--compile]
 
-Prints a Markdown table; on CUDA it uses AMP and channels_last like the recipes. Random pixels and
-labels: speed does not depend on the data.
+Prints a Markdown table: fp32 and bf16 autocast, contiguous (NCHW) and channels_last, on the CPU
+(and CUDA when present); ``--compile`` adds ``torch.compile`` rows for the plain step. Random pixels
+and labels: speed does not depend on the data.
 """
 
 from __future__ import annotations
@@ -28,59 +30,90 @@ REGULARIZERS = {
 
 
 def images_per_second(
-    device: torch.device, arch: str, regularizer: str, batch: int, steps: int, amp: str
+    device: torch.device,
+    args: argparse.Namespace,
+    regularizer: str,
+    amp: bool,
+    channels_last: bool,
+    compiled: bool = False,
 ) -> float:
+    """Images per second of ``args.steps`` timed training steps after two warm-up steps."""
     torch.manual_seed(0)
-    model = lga_zoo.wrap(create_backbone(arch, 10), input_size=(3, 32, 32)).to(device).train()
-    channels_last = device.type == "cuda"
+    backbone = create_backbone(args.arch, 10, args.activation, args.softplus_beta)
+    model = lga_zoo.wrap(backbone, input_size=(3, 32, 32)).to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     step = LossStep(model, build_regularizer(regularizer, **REGULARIZERS[regularizer]))
+    forward = torch.compile(step) if compiled else step
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if device.type == "cuda" else None
-    x = torch.rand(batch, 3, 32, 32, device=device)
+    x = torch.rand(args.batch, 3, 32, 32, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,), device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
 
     def one_step():
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss, _, _ = step(x, y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss, _, _ = forward(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    one_step()
-    one_step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(2):
         one_step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        one_step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return args.batch * args.steps / (time.perf_counter() - start)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="resnet18_w16_cifar")
+    parser.add_argument("--arch", default="resnet18_cifar")
+    parser.add_argument("--activation", default="softplus", choices=["relu", "softplus"])
+    parser.add_argument("--softplus-beta", type=float, default=3.0)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--amp", default="bf16", choices=["none", "bf16", "fp16"])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--regularizers", default="none,lga,hessian", help=f"from {list(REGULARIZERS)}")
+    parser.add_argument("--compile", action="store_true", help="add torch.compile rows (plain step)")
     args = parser.parse_args()
+    names = [n.strip() for n in args.regularizers.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(REGULARIZERS))
+    if unknown:
+        parser.error(f"unknown regularizers {unknown}; choose from {list(REGULARIZERS)}")
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, arch {args.arch}, batch {args.batch}\n"
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, arch {args.arch} "
+        f"({args.activation}), batch {args.batch}, {args.steps} timed steps\n"
     )
-    print("| device | regularizer | images/s | cost vs plain |")
-    print("|---|---|---:|---:|")
+    print(
+        "| device | precision | memory format | regularizer | images/s | s per 50k-image epoch | cost vs plain |"
+    )
+    print("|---|---|---|---|---:|---:|---:|")
     for device in devices:
-        plain = None
-        for name in REGULARIZERS:
-            rate = images_per_second(device, args.arch, name, args.batch, args.steps, args.amp)
-            plain = plain or rate
-            print(f"| {device.type} | {name} | {rate:.1f} | {plain / rate:.2f}x |", flush=True)
+        for amp in (False, True):
+            for channels_last in (False, True):
+                plain = None
+                for name in names:
+                    rate = images_per_second(device, args, name, amp, channels_last)
+                    plain = plain or rate
+                    print(
+                        f"| {device.type} | {'bf16' if amp else 'fp32'} | "
+                        f"{'channels_last' if channels_last else 'NCHW'} | {name} | {rate:.1f} | "
+                        f"{50_000 / rate:.0f} | {plain / rate:.2f}x |",
+                        flush=True,
+                    )
+        if args.compile:
+            for amp in (False, True):
+                rate = images_per_second(device, args, "none", amp, True, compiled=True)
+                print(
+                    f"| {device.type} | {'bf16' if amp else 'fp32'} | channels_last | none, torch.compile | "
+                    f"{rate:.1f} | {50_000 / rate:.0f} | - |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

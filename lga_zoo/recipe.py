@@ -81,8 +81,9 @@ class Recipe:
     )
     schedule: dict = field(default_factory=lambda: {"name": "cosine", "warmup_epochs": 0})
     regularizer: dict = field(default_factory=lambda: {"name": "none"})
+    label_smoothing: float = 0.0  # of the cross-entropy term
     seed: int = 0
-    amp: str = "bf16"  # used on GPU only
+    amp: str = "bf16"  # bf16 autocast on CPU and GPU; fp16 (with a grad scaler) on GPU only
     channels_last: bool = True  # used on GPU only
     eval_every: int = 1
     max_train_images: int | None = None  # a subset, for smoke tests
@@ -107,6 +108,9 @@ class Recipe:
         _check_number("epochs", self.epochs, low=1, integer=True)
         _check_number("batch_size", self.batch_size, low=1, integer=True)
         _check_number("seed", self.seed, low=0, integer=True)
+        _check_number("label_smoothing", self.label_smoothing, low=0)
+        if self.label_smoothing >= 1:
+            raise RecipeError(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")
         _check_number("eval_every", self.eval_every, low=1, integer=True)
         _check_choice("amp", self.amp, AMP_MODES)
         if not isinstance(self.channels_last, bool):

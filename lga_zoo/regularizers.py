@@ -49,13 +49,21 @@ def _flat(t: Tensor) -> Tensor:
 
 
 class Regularizer(nn.Module):
-    """Base class: plain cross-entropy (``name == "none"``)."""
+    """Base class: plain cross-entropy (``name == "none"``).
+
+    ``label_smoothing`` (set by :func:`build_regularizer`) applies to the cross-entropy term of every
+    regularizer; the gradient terms always use the raw true-class logit.
+    """
 
     name = "none"
+    label_smoothing = 0.0
+
+    def cross_entropy(self, logits: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None):
         logits = model(x)
-        ce = F.cross_entropy(logits, y)
+        ce = self.cross_entropy(logits, y)
         return RegularizedLoss(ce, logits, {"ce": ce.detach(), "total": ce.detach()})
 
     def settings(self) -> dict:
@@ -114,7 +122,7 @@ class LGA(Regularizer):
             g = g.detach()
         x_near = self.perturb(x, g, generator).requires_grad_(True)
         _, g_near = true_class_input_grad(model, x_near, y, create_graph=True)
-        ce = F.cross_entropy(logits, y)
+        ce = self.cross_entropy(logits, y)
         l2 = (_flat(g) - _flat(g_near)).pow(2).sum(1).mean()
         cos = ((1 - F.cosine_similarity(_flat(g), _flat(g_near), dim=1, eps=1e-12)) / 2).mean()
         total = ce + self.lambda_l2 * l2 + self.lambda_cos * cos
@@ -144,7 +152,7 @@ class GradNorm(Regularizer):
     def forward(self, model, x, y, generator=None):
         x = x.detach().requires_grad_(True)
         logits, g = true_class_input_grad(model, x, y, create_graph=True)
-        ce = F.cross_entropy(logits, y)
+        ce = self.cross_entropy(logits, y)
         gradnorm = _flat(g).pow(2).sum(1).mean()
         total = ce + self.lam * gradnorm
         parts = {"ce": ce.detach(), "gradnorm": gradnorm.detach(), "total": total.detach()}
@@ -187,7 +195,7 @@ class HessianNorm(Regularizer):
 
     def forward(self, model, x, y, generator=None):
         logits, hv_sq = self.hessian_vector_sq_norm(model, x, y, generator)
-        ce = F.cross_entropy(logits, y)
+        ce = self.cross_entropy(logits, y)
         hessian = hv_sq.mean()
         total = ce + self.lam * hessian
         parts = {"ce": ce.detach(), "hessian": hessian.detach(), "total": total.detach()}
@@ -197,9 +205,18 @@ class HessianNorm(Regularizer):
         return {"name": self.name, "lam": self.lam, "fd_step": self.fd_step}
 
 
-def build_regularizer(name: str, **params) -> Regularizer:
+def build_regularizer(name: str, label_smoothing: float = 0.0, **params) -> Regularizer:
     """A regularizer by name: ``none``, ``lga``, ``lga_l2`` (cosine term off), ``lga_cos`` (l2 term
-    off), ``gradnorm`` or ``hessian``, with its parameters as keywords."""
+    off), ``gradnorm`` or ``hessian``, with its parameters as keywords. ``label_smoothing`` is that of
+    the cross-entropy term (0 to 1)."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
+    regularizer = _regularizer_by_name(name, **params)
+    regularizer.label_smoothing = float(label_smoothing)
+    return regularizer
+
+
+def _regularizer_by_name(name: str, **params) -> Regularizer:
     if name == "none":
         if params:
             raise ValueError(f"regularizer 'none' takes no parameters, got {sorted(params)}")

@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from .regularizers import Regularizer, build_regularizer
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
+PROGRESS_NAME = "progress.log"
 
 
 class TrainingDiverged(RuntimeError):
@@ -171,6 +173,87 @@ def evaluate_accuracy(
     return (correct / count.clamp(min=1)).item()
 
 
+@dataclass
+class EpochTally:
+    """Running sums of one epoch (loss parts weighted by batch size, correct, seen, seconds), kept in
+    mid-epoch checkpoints so a resumed epoch logs the same figures as an uninterrupted one."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    steps: int = 0
+
+    def add(self, parts: dict[str, Tensor], logits: Tensor, y: Tensor) -> None:
+        for key, value in parts.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value.item() * len(y)
+        self.correct += (logits.argmax(1) == y).sum().item()
+        self.seen += len(y)
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(1, self.seen) for k, v in self.sums.items()}
+
+
+def amp_dtype_for(recipe: Recipe, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: bf16 on CPU and GPU, fp16 on GPU only (None: full precision)."""
+    if recipe.amp == "bf16":
+        return torch.bfloat16
+    if recipe.amp == "fp16":
+        if device.type != "cuda":
+            print(
+                "amp: fp16 autocast needs a GPU; training in fp32 (use amp: bf16 on the CPU)", file=sys.stderr
+            )
+            return None
+        return torch.float16
+    return None
+
+
+def _guard_existing_run(out: Path, resume: bool) -> None:
+    """Refuse to start a fresh run over a folder that holds one: its checkpoint would be overwritten."""
+    ckpt_path = out / CHECKPOINT_NAME
+    if resume or not ckpt_path.is_file():
+        return
+    raise FileExistsError(
+        f"{out} already holds a training run ({ckpt_path}); pass --resume to continue it, "
+        "or choose a new --out folder"
+    )
+
+
+class ProgressLog:
+    """Human-readable progress lines (images/s, loss terms, ETA) appended to ``OUT/progress.log``
+    about every ``every_seconds``; ``tail -f`` it during a long run."""
+
+    def __init__(self, path: Path | None, total_steps: int, every_seconds: float = 60.0):
+        self.path = path
+        self.total_steps = total_steps
+        self.every_seconds = every_seconds
+        self.last = time.time()
+        self.window_start = time.time()
+        self.window_images = 0
+
+    def step(
+        self, global_step: int, epoch: int, epochs: int, tally: EpochTally, steps_per_epoch: int, batch: int
+    ) -> None:
+        self.window_images += batch
+        now = time.time()
+        if self.path is None or now - self.last < self.every_seconds:
+            return
+        rate = self.window_images / max(1e-9, now - self.window_start)
+        steps_left = self.total_steps - global_step
+        eta_minutes = steps_left * batch / max(rate, 1e-9) / 60
+        parts = " ".join(f"{k} {v:.4f}" for k, v in tally.means().items())
+        line = (
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')} epoch {epoch + 1}/{epochs} "
+            f"step {tally.steps}/{steps_per_epoch} | {rate:.1f} img/s | {parts} "
+            f"acc {tally.correct / max(1, tally.seen):.4f} | ETA {eta_minutes:.1f} min\n"
+        )
+        with open(self.path, "a") as f:
+            f.write(line)
+        self.last = self.window_start = now
+        self.window_images = 0
+
+
 def train(
     recipe: Recipe,
     data_dir: str | os.PathLike,
@@ -178,14 +261,24 @@ def train(
     resume: bool = False,
     device: str | None = None,
     progress: bool = True,
+    checkpoint_seconds: float = 600.0,
+    progress_seconds: float = 60.0,
 ) -> Path:
     """Train ``recipe`` on the data in ``data_dir``, writing checkpoints, the log and the final model
-    folder under ``out``; returns the model folder (``out/model``)."""
+    folder under ``out``; returns the model folder (``out/model``).
+
+    ``OUT/checkpoint.pt`` is written atomically at the end of every epoch and, within an epoch, every
+    ``checkpoint_seconds``; a line of progress (images/s, loss terms, ETA) goes to ``OUT/progress.log``
+    every ``progress_seconds``. ``resume=True`` continues from it (mid-epoch too, with the same batches
+    and random draws as an uninterrupted run). Without ``resume`` a folder that already holds a run is
+    refused rather than overwritten.
+    """
     rank, world_size, local_rank = _rank_world()
     out = Path(out)
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    _guard_existing_run(out, resume)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
@@ -224,10 +317,13 @@ def train(
 
     model = build_model(recipe, len(CIFAR10_CLASSES), CIFAR10_CLASSES).to(device)
     use_cuda = device.type == "cuda"
-    channels_last = recipe.channels_last and use_cuda
+    # channels_last helps convolutions on the GPU and with bf16 on the CPU (benchmarks/train_step.py).
+    channels_last = recipe.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    regularizer = build_regularizer(recipe.regularizer["name"], **recipe.regularizer_params())
+    regularizer = build_regularizer(
+        recipe.regularizer["name"], label_smoothing=recipe.label_smoothing, **recipe.regularizer_params()
+    )
     step_module: nn.Module = LossStep(model, regularizer)
     if world_size > 1:
         step_module = nn.parallel.DistributedDataParallel(
@@ -236,92 +332,130 @@ def train(
     optimizer = build_optimizer(recipe, model)
     steps_per_epoch = len(train_batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(recipe, s, steps_per_epoch))
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.amp) if use_cuda else None
+    amp_dtype = amp_dtype_for(recipe, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     noise_gen = torch.Generator(device=device).manual_seed(recipe.seed * 1000 + rank)
 
-    start_epoch = 0
+    start_epoch, start_step, tally = 0, 0, EpochTally()
     ckpt_path = out / CHECKPOINT_NAME
     if resume and ckpt_path.is_file():
-        # weights_only=True: the safe loader, which refuses arbitrary pickled objects.
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        ckpt = _load_checkpoint(ckpt_path, device)
         _check_same_recipe(json.loads(ckpt["recipe"]), recipe.to_dict(), ckpt_path)
         model.load_state_dict(ckpt["model"], strict=True)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["cpu_rng"])
-        noise_gen.set_state(ckpt["noise_rng"].to("cpu") if not use_cuda else ckpt["noise_rng"].cpu())
+        noise_gen.set_state(ckpt["noise_rng"].cpu())
         start_epoch = ckpt["epoch"]
+        start_step = int(ckpt.get("step_in_epoch", 0))
+        if start_step:
+            tally = EpochTally(**json.loads(ckpt["tally"]))
         if is_main:
-            print(f"resumed from {ckpt_path} after epoch {start_epoch}", file=sys.stderr)
+            where = f"epoch {start_epoch}" + (f" and step {start_step} of the next" if start_step else "")
+            print(f"resumed from {ckpt_path} after {where}", file=sys.stderr)
     elif resume and is_main:
         print(f"--resume: no checkpoint at {ckpt_path}; starting from epoch 0", file=sys.stderr)
 
+    def save_checkpoint(epochs_done: int, step_in_epoch: int, tally: EpochTally) -> None:
+        _atomic_torch_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "cpu_rng": torch.get_rng_state(),
+                "noise_rng": noise_gen.get_state(),
+                "epoch": epochs_done,
+                "step_in_epoch": step_in_epoch,
+                "tally": json.dumps(asdict(tally)),
+                "recipe": json.dumps(recipe.to_dict()),
+            },
+            ckpt_path,
+        )
+
+    progress_log = ProgressLog(
+        out / PROGRESS_NAME if is_main else None, recipe.epochs * steps_per_epoch, progress_seconds
+    )
     test_acc = float("nan")
+    last_save = time.time()
     for epoch in range(start_epoch, recipe.epochs):
         model.train()
         train_batches.set_epoch(epoch)
-        sums: dict[str, float] = {}
-        correct = seen = 0
-        started = time.time()
+        if epoch > start_epoch or not start_step:
+            tally = EpochTally()
+        resumed_at = start_step if epoch == start_epoch else 0
+        started = time.time() - tally.seconds
         bar = tqdm(
-            train_batches,
+            total=steps_per_epoch,
+            initial=resumed_at,
             desc=f"epoch {epoch + 1}/{recipe.epochs}",
             disable=not (progress and is_main),
             dynamic_ncols=True,
             leave=False,
         )
-        for x, y in bar:
+        for step_in_epoch, (x, y) in enumerate(train_batches):
+            if step_in_epoch < resumed_at:
+                continue  # replayed, not trained: the batches and augmentations stay the same
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 loss, logits, parts = step_module(x, y, noise_gen)
             if not torch.isfinite(loss):
+                kept = (
+                    f"the last good checkpoint {ckpt_path} is kept"
+                    if ckpt_path.is_file()
+                    else "no checkpoint was written yet"
+                )
                 raise TrainingDiverged(
                     f"loss became {loss.item()} at epoch {epoch + 1} (parts: "
-                    f"{ {k: round(v.item(), 4) for k, v in parts.items()} }); the last good checkpoint "
-                    f"{ckpt_path} is kept. Lower the learning rate or the regularizer's lambdas."
+                    f"{ {k: round(v.item(), 4) for k, v in parts.items()} }); {kept}. "
+                    "Lower the learning rate or the regularizer's lambdas."
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
+            tally.add(parts, logits, y)
+            bar.update(1)
             bar.set_postfix(
-                {**{k: f"{v / seen:.3f}" for k, v in sums.items()}, "acc": f"{correct / seen:.3f}"}
+                {
+                    **{k: f"{v:.3f}" for k, v in tally.means().items()},
+                    "acc": f"{tally.correct / tally.seen:.3f}",
+                }
             )
+            progress_log.step(
+                epoch * steps_per_epoch + step_in_epoch + 1,
+                epoch,
+                recipe.epochs,
+                tally,
+                steps_per_epoch,
+                len(y) * world_size,
+            )
+            done_in_epoch = step_in_epoch + 1
+            if done_in_epoch < steps_per_epoch and time.time() - last_save >= checkpoint_seconds:
+                tally.seconds = time.time() - started
+                if is_main:
+                    save_checkpoint(epoch, done_in_epoch, tally)
+                last_save = time.time()
         bar.close()
+        seconds = time.time() - started
         record: dict[str, Any] = {
             "epoch": epoch + 1,
-            **{k: v / seen for k, v in sums.items()},
-            "train_acc": correct / seen,
+            **tally.means(),
+            "train_acc": tally.correct / tally.seen,
             "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(time.time() - started, 1),
-            "images_per_second": round(seen * world_size / (time.time() - started), 1),
+            "seconds": round(seconds, 1),
+            "images_per_second": round(tally.seen * world_size / max(seconds, 1e-9), 1),
         }
         if (epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs:
             test_acc = evaluate_accuracy(model, test_batches, device, channels_last, world_size)
             record["test_acc"] = test_acc
         if is_main:
-            _atomic_torch_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "cpu_rng": torch.get_rng_state(),
-                    "noise_rng": noise_gen.get_state(),
-                    "epoch": epoch + 1,
-                    "recipe": json.dumps(recipe.to_dict()),
-                },
-                ckpt_path,
-            )
+            save_checkpoint(epoch + 1, 0, EpochTally())
+            last_save = time.time()
             with open(out / LOG_NAME, "a") as log:
                 log.write(json.dumps(record) + "\n")
             print(json.dumps(record), file=sys.stderr if progress else sys.stdout)
@@ -339,7 +473,7 @@ def train(
                 "regularizer": regularizer.settings(),
                 "recipe": recipe.to_dict(),
                 "data": {
-                    "name": "CIFAR-10 (JPEG copy)" if "jpeg" in str(data_dir) else "CIFAR-10",
+                    "name": train_data.name,
                     "train_images": len(train_data),
                     "test_images": len(test_data),
                 },
@@ -348,6 +482,7 @@ def train(
                     "final_test_acc": test_acc,
                     "world_size": world_size,
                     "device": device.type,
+                    "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "none",
                 },
             },
         )
@@ -355,6 +490,17 @@ def train(
     if world_size > 1:
         dist.barrier()
     return folder
+
+
+def _load_checkpoint(ckpt_path: Path, device: torch.device) -> dict:
+    """A training checkpoint, read by the safe loader (tensors and plain containers only)."""
+    try:
+        return torch.load(ckpt_path, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise ValueError(
+            f"cannot read the training checkpoint {ckpt_path}: it is damaged or not one this program "
+            f"wrote ({type(err).__name__}). Delete it to start over, or use a new --out folder."
+        ) from None
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -370,6 +516,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=10.0,
+        help="also checkpoint within an epoch this often (default 10; every epoch end regardless)",
+    )
     return parser
 
 
@@ -380,7 +532,13 @@ def run_from_args(args: argparse.Namespace) -> Path:
         recipe.validate()
     out = args.out or os.path.join("runs", recipe.name)
     folder = train(
-        recipe, args.data_dir, out, resume=args.resume, device=args.device, progress=not args.no_progress
+        recipe,
+        args.data_dir,
+        out,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.no_progress,
+        checkpoint_seconds=args.checkpoint_minutes * 60,
     )
     if _rank_world()[0] == 0:
         print(f"model folder: {folder}")

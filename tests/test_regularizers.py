@@ -206,3 +206,56 @@ def test_build_regularizer_by_name_and_errors():
         LGA(perturbation="laplace")
     with pytest.raises(ValueError, match="pixel units"):
         LGA(eps=4.0)
+
+
+def _real_photos_32px() -> torch.Tensor:
+    """28 real photos (skimage's, flipped and shifted) at 32x32, pixels in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    names = ("chelsea", "astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "cat")
+    photos = [np.asarray(Image.fromarray(getattr(data, n)()[..., :3]).resize((32, 32))) for n in names]
+    x = torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2).float() / 255
+    return torch.cat([x, x.flip(3), x.flip(2), x.roll(5, 2)])
+
+
+def test_bf16_autocast_keeps_the_lga_parameter_gradient_on_a_trained_softplus_model():
+    """bf16 autocast on the CPU: the regularizer's parameter gradient (the double backward) points
+    the same way as in fp32 on a trained model with Softplus(beta=3) (measured 0.995)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    import lga_zoo
+    from lga_zoo.models import set_activation
+
+    model = copy.deepcopy(lga_zoo.load("resnet18_w16_cifar10_standard"))
+    set_activation(model.backbone, "softplus", 3.0).train()
+    x = _real_photos_32px()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    lga = build_regularizer("lga", eps=4 / 255, lambda_l2=0.01, lambda_cos=0.1)
+    params = list(model.parameters())
+    flat_grads = []
+    for use_bf16 in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            out = lga(model, x, y, torch.Generator().manual_seed(0))
+            regularizer_term = out.loss - F.cross_entropy(out.logits, y)
+        assert (out.logits.dtype == torch.bfloat16) == use_bf16
+        grads = torch.autograd.grad(regularizer_term, params)
+        flat_grads.append(torch.cat([g.float().flatten() for g in grads]))
+    assert F.cosine_similarity(flat_grads[0], flat_grads[1], dim=0) >= 0.95
+
+
+def test_label_smoothing_applies_to_the_cross_entropy_term():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    y = torch.tensor([0])
+    net = nn.Sequential(nn.Flatten(), nn.Identity())
+    smooth = build_regularizer("none", label_smoothing=0.3)
+    out = smooth(net, logits, y)
+    log_p = logits.log_softmax(1)[0]
+    expected = -(0.7 * log_p[0] + 0.3 * log_p.mean())
+    assert torch.allclose(out.loss, expected)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        build_regularizer("lga", label_smoothing=1.0)

@@ -206,3 +206,78 @@ def test_short_run_on_real_cifar10_learns(real_cifar, tmp_path):
         "train_images": 3000,
         "test_images": 10000,
     }
+
+
+def test_mid_epoch_checkpoint_resumes_to_the_same_weights(tiny_cifar, tmp_path, monkeypatch):
+    """A run killed inside an epoch (after a time-based checkpoint) resumes from that step and ends
+    with the same weights and the same epoch log as an uninterrupted run."""
+    import lga_zoo.train as train_module
+
+    recipe = tiny_recipe()  # 3 steps an epoch
+    train(recipe, tiny_cifar, tmp_path / "full", progress=False, checkpoint_seconds=0)
+    real_save = train_module._atomic_torch_save
+    saves = {"n": 0}
+
+    def die_on_second_save(obj, path):
+        real_save(obj, path)
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise KeyboardInterrupt("killed mid-epoch")
+
+    monkeypatch.setattr(train_module, "_atomic_torch_save", die_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tiny_cifar, tmp_path / "split", progress=False, checkpoint_seconds=0)
+    monkeypatch.setattr(train_module, "_atomic_torch_save", real_save)
+    ckpt = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (0, 2)
+    train(recipe, tiny_cifar, tmp_path / "split", resume=True, progress=False, checkpoint_seconds=0)
+    full = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
+    split = load_file(str(tmp_path / "split" / "model" / "model.safetensors"))
+    for key in full:
+        assert torch.equal(full[key], split[key]), key
+    logs = [
+        [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        for run in ("full", "split")
+    ]
+    for record in logs:
+        for r in record:
+            r.pop("seconds"), r.pop("images_per_second")
+    assert logs[0] == logs[1]
+
+
+def test_a_fresh_run_never_overwrites_a_checkpoint(tiny_cifar, tmp_path):
+    train(tiny_recipe(epochs=1), tiny_cifar, tmp_path, progress=False)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_recipe(epochs=1), tiny_cifar, tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_progress_log_and_bf16_autocast_on_the_cpu(tiny_cifar, tmp_path, monkeypatch):
+    import lga_zoo.train as train_module
+
+    seen_dtypes = []
+    real_forward = train_module.LossStep.forward
+
+    def record_dtype(self, x, y, generator=None):
+        loss, logits, parts = real_forward(self, x, y, generator)
+        seen_dtypes.append(logits.dtype)
+        return loss, logits, parts
+
+    monkeypatch.setattr(train_module.LossStep, "forward", record_dtype)
+    folder = train(
+        tiny_recipe(epochs=1, amp="bf16"),
+        tiny_cifar,
+        tmp_path / "bf16",
+        device="cpu",
+        progress=False,
+        progress_seconds=0,
+    )
+    assert set(seen_dtypes) == {torch.bfloat16}
+    assert json.loads((folder / "config.json").read_text())["lga_zoo"]["training"]["amp"] == "bfloat16"
+    lines = (tmp_path / "bf16" / "progress.log").read_text().splitlines()
+    assert len(lines) == 3 and "img/s" in lines[-1] and "ETA" in lines[-1] and " l2 " in lines[-1]
+    seen_dtypes.clear()
+    train(tiny_recipe(epochs=1, amp="none"), tiny_cifar, tmp_path / "fp32", device="cpu", progress=False)
+    assert set(seen_dtypes) == {torch.float32}
