@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from .attacks import pgd
 from .explanation import Explanation
 from .inputs import InputError, to_batch
+from .stability import StabilitySettings, stability_scores
+from .state import preserved
 
 METHODS: dict[str, dict[str, Any]] = {
     "grad": {},
@@ -260,44 +262,41 @@ def _known_num_classes(model: nn.Module) -> int | None:
     return count if isinstance(count, int) and count > 0 else None
 
 
-class _EvalMode:
-    """Eval mode inside the block, the previous mode restored after."""
-
-    def __init__(self, model: nn.Module):
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self):
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        self.model.train(self.was_training)
-
-
 def predict(model: nn.Module, inputs) -> tuple[Tensor, Tensor]:
     """``(classes (B,), probabilities (B, K))`` for ``inputs`` of any accepted kind."""
     x = _model_batch(model, inputs)
-    with _EvalMode(model), torch.no_grad():
+    with preserved(model), torch.no_grad():
         probabilities = model(x).float().softmax(1)
     return probabilities.argmax(1), probabilities
 
 
 def explain(
-    model: nn.Module, inputs, target=None, method: str = "grad", normalize: str = "max", **method_kwargs: Any
+    model: nn.Module,
+    inputs,
+    target=None,
+    method: str = "grad",
+    normalize: str = "max",
+    stability: bool | dict[str, Any] = False,
+    **method_kwargs: Any,
 ) -> Explanation:
     """Explain ``model``'s decision on ``inputs``.
 
     ``inputs``: a PIL image or a list of them, an HWC numpy array, a CHW/BCHW tensor of pixels in
     [0, 1] or a uint8 tensor, resized to the model's input size. ``target``: ``None`` (the predicted
     class), an int, a class name, or one per image. ``method`` and ``normalize``: see the module
-    docstring; ``method_kwargs`` are the method's settings. Returns an :class:`Explanation`.
+    docstring; ``method_kwargs`` are the method's settings. ``stability=True`` (or a dict of
+    :class:`~lga_zoo.stability.StabilitySettings`) also scores how stable each map is under noise and
+    a short attack (see :mod:`lga_zoo.stability`). Returns an :class:`Explanation`; ``model`` is left
+    exactly as it was (modes, requires_grad, buffers, hooks).
     """
     method, settings = resolve_method(method, method_kwargs)
+    stability_settings = StabilitySettings.from_option(stability) if stability is not False else None
     if normalize not in NORMALIZATIONS:
         normalize_attribution(torch.zeros(1, 1, 1, 1), normalize)  # raises with the accepted values
     x = _model_batch(model, inputs)
     labels = getattr(model, "labels", None)
     num_classes = _known_num_classes(model)
-    with _EvalMode(model):
+    with preserved(model):
         if method in SINGLE_PASS_METHODS and target is not None and num_classes is not None:
             # The target is known before the attribution: reuse the forward captum runs for the
             # probabilities instead of a separate forward pass.
@@ -313,8 +312,19 @@ def explain(
             predicted = probabilities.argmax(1)
             target_t = resolve_target(target, predicted, labels, probabilities.shape[1])
             raw, extras = attribute(model, x, target_t, method, settings, predicted)
-    if not torch.isfinite(raw).all():
-        raise InputError(f"the {method} attribution holds NaN or inf values; check the model's outputs")
+        if not torch.isfinite(raw).all():
+            raise InputError(f"the {method} attribution holds NaN or inf values; check the model's outputs")
+        scores, recorded = None, None
+        if stability_settings is not None:
+
+            def map_at(x_other: Tensor) -> Tensor:
+                return normalize_attribution(
+                    attribute(model, x_other, target_t, method, settings, predicted)[0]
+                )
+
+            scores, recorded = stability_scores(
+                model, x, target_t, method, normalize_attribution(raw), map_at, stability_settings
+            )
     return Explanation(
         attribution=normalize_attribution(raw, normalize),
         raw=raw,
@@ -325,5 +335,7 @@ def explain(
         method=method,
         settings={**settings, "normalize": normalize},
         labels=getattr(model, "labels", None),
+        stability=scores,
+        stability_settings=recorded,
         **extras,
     )

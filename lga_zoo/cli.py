@@ -11,9 +11,8 @@ from pathlib import Path
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     from .hub import load
+    from .inputs import open_image
 
     model = load(args.model, device=args.device)
     out = Path(args.out)
@@ -21,24 +20,43 @@ def _explain(args: argparse.Namespace) -> int:
     target = int(args.target) if args.target and args.target.isdigit() else args.target
     kwargs = (
         {"steps": args.steps}
-        if args.steps and args.method in ("ig", "integrated_gradients", "boundary")
+        if args.steps is not None and args.method in ("ig", "integrated_gradients", "boundary")
         else {}
     )
+    stability = {"seed": args.seed} if args.stability else False
     for image_path in args.images:
-        path = Path(image_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"image {image_path!r} does not exist")
-        with Image.open(path) as img:
-            exp = model.explain(
-                img.convert("RGB") if img.mode not in ("RGB", "L", "RGBA") else img,
-                target=target,
-                method=args.method,
-                normalize=args.normalize,
-                **kwargs,
+        image = open_image(image_path)
+        exp = model.explain(
+            image, target=target, method=args.method, normalize=args.normalize, stability=stability, **kwargs
+        )
+        out_path = out / f"{Path(image_path).stem}_{exp.method}.png" if to_dir else out
+        exp.save(out_path, show_stability=args.stability)
+        print(f"{image_path}: {exp.describe()}; {exp.method} map written to {out_path}")
+        if args.stability:
+            used = exp.stability_settings
+            print(
+                f"  {exp.stability_text()} (top {used['k']:.0%} of pixels kept; noise and a "
+                f"{used['attack_steps']}-step attack within {used['eps'] * 255:.3g}/255; 1 = unchanged)"
             )
-        target = out / f"{path.stem}_{exp.method}.png" if to_dir else out
-        exp.save(target)
-        print(f"{path}: {exp.describe()}; {exp.method} map written to {target}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+    from .inputs import open_image
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    comparison = compare(
+        open_image(args.image),
+        models,
+        attack=args.attack,
+        method=args.method,
+        steps=args.steps,
+        seed=args.seed,
+    )
+    path = comparison.save(args.out)
+    print(comparison.table())
+    print(f"figure written to {path}")
     return 0
 
 
@@ -250,7 +268,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", default="max", choices=["max", "sum", "none"])
     p.add_argument("--steps", type=int, help="integration steps for ig and boundary")
     p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument(
+        "--stability",
+        action="store_true",
+        help="also score the map's stability (top-k intersection under noise and a 20-step attack)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the stability noise and attack")
     p.set_defaults(func=_explain)
+
+    p = sub.add_parser("compare", help="draw several models' maps before and after an attack")
+    p.add_argument("image", help="an image file")
+    p.add_argument("--models", required=True, help="comma-separated zoo names or model folders")
+    p.add_argument("--attack", default="targeted", choices=["targeted", "topk", "noise"])
+    p.add_argument("--method", default="grad", help="grad, input_x_grad, ig, smoothgrad, boundary")
+    p.add_argument("--steps", type=int, default=100, help="attack steps (default 100, as in the evaluation)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="compare.png", help="PNG file to write")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("list", help="the zoo as a table")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. '*lga*'")

@@ -16,6 +16,7 @@ and the command line.
 
 from __future__ import annotations
 
+import copy
 import math
 import platform
 import sys
@@ -39,6 +40,7 @@ from .attribution import ALIASES, attribute, normalize_attribution, resolve_meth
 from .data import ImageArrays
 from .metrics import SIMILARITIES, similarities
 from .models import softplus_activations
+from .state import preserved
 
 ATTACKS = ("random", "targeted", "topk", "pgd")
 
@@ -178,9 +180,27 @@ def evaluate(
 ) -> dict[str, Any]:
     """Measure ``model`` (pixels in [0, 1] in, logits out) on ``data``; returns the ``accuracy``,
     ``robustness`` and ``data`` sections of the results JSON. ``on_batch``, if given, receives the
-    same sections over the images done so far after each robustness batch but the last."""
+    same sections over the images done so far after each robustness batch but the last.
+
+    ``model`` is left as it was: evaluated in eval mode with everything restored after, and on
+    another ``device`` through a copy."""
     device = torch.device(device)
-    model = model.to(device).eval()
+    model_device = next((p.device for p in model.parameters()), device)
+    same_device = model_device.type == device.type and device.index in (None, model_device.index)
+    if not same_device:
+        model = copy.deepcopy(model).to(device)
+    with preserved(model):
+        return _evaluate(model, data, settings, device, progress, on_batch)
+
+
+def _evaluate(
+    model: nn.Module,
+    data: ImageArrays,
+    settings: EvalSettings,
+    device: torch.device,
+    progress: bool,
+    on_batch: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
     images = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
     labels = torch.from_numpy(data.labels)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(settings.seed))

@@ -26,6 +26,43 @@ def heat_colours(values: np.ndarray) -> np.ndarray:
     return colours.round().astype(np.uint8)
 
 
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed-size default font
+        return ImageFont.load_default()
+
+
+def _with_caption(image: Image.Image, text: str) -> Image.Image:
+    """``image`` with a white band below it holding ``text``: one line if it fits at a readable
+    size, else broken after its commas; the font shrinks until every line fits the width."""
+    from PIL import ImageDraw
+
+    margin = max(4, image.width // 40)
+    size = max(10, image.width // 18)
+    lines = [text]
+    while True:
+        font = _font(size)
+        widths = [font.getlength(line) for line in lines]
+        if max(widths) <= image.width - 2 * margin:
+            break
+        if len(lines) == 1 and ", " in text:
+            lines = [part + ("," if n < text.count(", ") else "") for n, part in enumerate(text.split(", "))]
+            continue
+        if size <= 8:
+            break
+        size -= 1
+    band = len(lines) * round(size * 1.3) + margin
+    captioned = Image.new("RGB", (image.width, image.height + band), "white")
+    captioned.paste(image.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(captioned)
+    for n, line in enumerate(lines):
+        draw.text((margin, image.height + margin // 2 + n * round(size * 1.3)), line, fill="black", font=font)
+    return captioned
+
+
 @dataclass
 class Explanation:
     """Attributions for a batch.
@@ -34,6 +71,9 @@ class Explanation:
     ``inputs`` (B, C, H, W): the pixels explained; ``target``: the explained classes;
     ``predicted`` and ``probabilities``: the model's output; ``method`` and ``settings``; for
     ``boundary`` also ``boundary_points``, ``boundary_distances`` (L2) and ``boundary_found``.
+    With ``explain(..., stability=True)``: ``stability = {"noise": (B,), "attack": (B,)}``, the top-k
+    intersection of each map with the map under noise and after a short attack (1 = unchanged), and
+    the ``stability_settings`` that produced it (see :mod:`lga_zoo.stability`).
     """
 
     attribution: Tensor
@@ -48,6 +88,8 @@ class Explanation:
     boundary_points: Tensor | None = None
     boundary_distances: Tensor | None = None
     boundary_found: Tensor | None = None
+    stability: dict[str, Tensor] | None = None
+    stability_settings: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.attribution)
@@ -63,9 +105,20 @@ class Explanation:
             text += f", explaining {self.label_of(int(self.target[i]))}"
         return text
 
-    def overlay(self, i: int = 0, alpha: float = 0.55, min_size: int = 224) -> Image.Image:
+    def stability_text(self, i: int = 0) -> str:
+        """``"stability: top-k 0.81 under noise, 0.42 under attack"`` for image ``i`` (needs
+        ``explain(..., stability=True)``)."""
+        if self.stability is None:
+            raise ValueError("no stability scores: call explain(..., stability=True)")
+        noise, attack = self.stability["noise"][i].item(), self.stability["attack"][i].item()
+        return f"stability: top-k {noise:.2f} under noise, {attack:.2f} under attack"
+
+    def overlay(
+        self, i: int = 0, alpha: float = 0.55, min_size: int = 224, show_stability: bool = False
+    ) -> Image.Image:
         """A PIL image of image ``i`` with its map drawn over it as a heatmap. Small images are
-        enlarged (nearest neighbour, an integer factor) to at least ``min_size`` pixels."""
+        enlarged (nearest neighbour, an integer factor) to at least ``min_size`` pixels.
+        ``show_stability`` adds a caption band with :meth:`stability_text` below the picture."""
         if not 0 <= i < len(self):
             raise IndexError(f"image {i} of a batch of {len(self)}")
         heat = self.attribution[i].detach().float().cpu()
@@ -84,7 +137,7 @@ class Explanation:
         factor = max(1, -(-min_size // min(image.size)))
         if factor > 1:
             image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
-        return image
+        return _with_caption(image, self.stability_text(i)) if show_stability else image
 
     def save(self, path: str | Path, i: int = 0, **overlay_kwargs: Any) -> Path:
         """Write the overlay of image ``i`` as a PNG; returns the path."""

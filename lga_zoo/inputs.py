@@ -34,12 +34,56 @@ def resize_transform(size: Sequence[int], interpolation: str = "bilinear", crop_
     return Compose([Resize(scale, interpolation=mode, antialias=True), CenterCrop((height, width))])
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def _pil_to_tensor(img: Image.Image, channels: int) -> Tensor:
+    """(C, H, W) pixels in [0, 1]: 8-bit modes by 255, 16-bit integer modes (``I;16*`` and ``I``, as
+    Pillow opens 16-bit PNGs) by 65535, float mode ``F`` as it is (must lie in [0, 1])."""
+    if img.mode in SIXTEEN_BIT_MODES:
+        array = np.asarray(img, dtype=np.float64)
+        if array.min() < 0 or array.max() > 65535:
+            raise InputError(
+                f"a mode {img.mode!r} image must hold 16-bit values 0..65535, got "
+                f"[{array.min():.0f}, {array.max():.0f}]"
+            )
+        return torch.from_numpy(array / 65535).float()[None]
+    if img.mode == "F":
+        array = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise InputError(
+                f"a mode 'F' (float) image must hold pixels in [0, 1], got "
+                f"[{np.nanmin(array):.3g}, {np.nanmax(array):.3g}]; scale it, or pass a uint8 image"
+            )
+        return torch.from_numpy(array.copy())[None]
     img = img.convert("L" if channels == 1 else "RGB")
     array = np.asarray(img, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255)
+
+
+def open_image(path) -> Image.Image:
+    """Open an image file fully (decoded, the file closed again); a missing path, a folder or a file
+    PIL cannot read raises :class:`InputError` naming the path."""
+    from pathlib import Path
+
+    from PIL import UnidentifiedImageError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{str(path)!r} is a folder, not an image file; pass image files (jpg, png, ...)")
+    if not path.is_file():
+        raise InputError(f"image {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy() if img.mode != "P" else img.convert("RGBA")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise InputError(
+            f"{str(path)!r} is not an image file Pillow can read ({type(err).__name__}); "
+            "accepted: JPEG, PNG, BMP, WebP, TIFF, GIF and the other formats Pillow opens"
+        ) from None
 
 
 def _array_to_tensor(array: np.ndarray, channels: int) -> Tensor:

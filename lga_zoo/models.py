@@ -155,6 +155,8 @@ class ExplainableClassifier(nn.Module):
                 f"mean {tuple(mean)} and std {tuple(std)} need one value per channel of {input_size}"
             )
         self.backbone = backbone
+        # The wrapper takes the backbone's mode without touching the backbone's own modules.
+        self.training = backbone.training
         self.register_buffer(
             "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
         )

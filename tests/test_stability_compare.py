@@ -1,0 +1,146 @@
+"""The stability score of one explanation, the comparison picture, and the bundled examples."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import lga_zoo
+from lga_zoo import cli
+from lga_zoo.attacks import random_perturbation
+from lga_zoo.compare import compare
+from lga_zoo.data import CIFAR10_CLASSES
+from lga_zoo.metrics import topk_intersection
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((REPO / "examples").glob("*.jpg"))
+MAIN_JOB_MODEL = "resnet18_w16_cifar10_lga"  # the README's main job
+
+
+@pytest.fixture(scope="module")
+def model():
+    return lga_zoo.load(MAIN_JOB_MODEL)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return [Image.open(REPO / "examples" / f"{name}.jpg") for name in ("cat", "ship", "frog")]
+
+
+def test_stability_scores_are_seeded_bounded_and_recorded(model, photos):
+    first = model.explain(photos, stability=True)
+    again = model.explain(photos, stability=True)
+    assert set(first.stability) == {"noise", "attack"}
+    for key in ("noise", "attack"):
+        values = first.stability[key]
+        assert values.shape == (3,) and ((values >= 0) & (values <= 1)).all()
+        assert torch.equal(values, again.stability[key])
+    settings = first.stability_settings
+    assert settings["seed"] == 0 and settings["attack_steps"] == 20 and settings["k"] == 0.1
+    assert first.stability_text(1).startswith("stability: top-k ")
+    # The attack moves the map much more than noise of the same size does.
+    assert (first.stability["attack"] < first.stability["noise"]).all()
+
+
+def test_noise_score_is_the_topk_intersection_with_the_noisy_maps(model, photos):
+    exp = model.explain(photos[0], stability={"noise_draws": 2, "attack_steps": 1, "seed": 5})
+    generator = torch.Generator().manual_seed(5)
+    x = exp.inputs
+    expected = torch.stack(
+        [
+            topk_intersection(
+                exp.attribution, model.explain(random_perturbation(x, 4 / 255, generator)).attribution
+            )
+            for _ in range(2)
+        ]
+    ).mean(0)
+    assert torch.allclose(exp.stability["noise"], expected.float())
+    tiny = model.explain(photos[0], stability={"eps": 1e-7, "attack_steps": 1})
+    assert tiny.stability["noise"].item() == 1.0  # no change, same top-k
+    assert model.explain(photos[0], stability={"seed": 1}).stability["attack"] is not None
+
+
+def test_bad_stability_settings_name_the_setting(model, photos):
+    with pytest.raises(ValueError, match="attack_steps"):
+        model.explain(photos[0], stability={"attack_steps": 0})
+    with pytest.raises(ValueError, match="unknown stability settings \\['draws'\\]"):
+        model.explain(photos[0], stability={"draws": 3})
+
+
+def test_overlay_can_show_the_stability(model, photos):
+    exp = model.explain(photos[0], stability=True)
+    plain, captioned = exp.overlay(), exp.overlay(show_stability=True)
+    assert captioned.width == plain.width and captioned.height > plain.height
+    with pytest.raises(ValueError, match="stability=True"):
+        model.explain(photos[0]).overlay(show_stability=True)
+
+
+def test_compare_numbers_match_an_independent_computation(photos, tmp_path):
+    names = ["resnet18_w16_cifar10_standard", MAIN_JOB_MODEL]
+    result = compare(photos[0], names, attack="noise", seed=3)
+    assert [row.model for row in result.rows] == names
+    for name, row in zip(names, result.rows):
+        m = lga_zoo.load(name)
+        x = m.explain(photos[0]).inputs
+        noisy = random_perturbation(x, 4 / 255, torch.Generator().manual_seed(3))
+        expected = topk_intersection(
+            m.explain(photos[0]).attribution, m.explain(noisy, target=row.predicted).attribution
+        )
+        assert row.topk == pytest.approx(expected.item())
+        assert row.predicted == "cat"
+    path = result.save(tmp_path / "noise.png")
+    with Image.open(path) as picture:
+        assert picture.width >= 400 and picture.height >= 200
+
+
+def test_targeted_comparison_moves_the_map_more_than_noise(photos):
+    names = ["resnet18_w16_cifar10_standard"]
+    attacked = compare(photos[1], names, attack="targeted", steps=30).rows[0]
+    noisy = compare(photos[1], names, attack="noise").rows[0]
+    assert attacked.topk < noisy.topk
+    with pytest.raises(ValueError, match="attack='pgd'.*targeted"):
+        compare(photos[1], names, attack="pgd")
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_each_bundled_example_is_predicted_as_its_file_name(model, path):
+    true_class = path.stem.split("_")[0]
+    assert true_class in CIFAR10_CLASSES
+    classes, _ = model.predict(Image.open(path))
+    assert model.labels[classes.item()] == true_class
+
+
+def test_examples_cover_every_class_and_have_a_readme():
+    assert {p.stem.split("_")[0] for p in EXAMPLES} == set(CIFAR10_CLASSES)
+    text = (REPO / "examples" / "README.md").read_text()
+    assert all(p.name in text for p in EXAMPLES)
+
+
+def test_cli_explain_several_images_with_stability_and_compare(tmp_path, capsys):
+    images = [str(REPO / "examples" / "cat.jpg"), str(REPO / "examples" / "dog.jpg")]
+    out = tmp_path / "maps"
+    assert cli.main(["explain", *images, "--model", MAIN_JOB_MODEL, "--out", str(out), "--stability"]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["cat_grad.png", "dog_grad.png"]
+    assert printed.count("stability: top-k") == 2
+    figure = tmp_path / "compare.png"
+    names = "resnet18_w16_cifar10_standard," + MAIN_JOB_MODEL
+    argv = [
+        "compare",
+        images[0],
+        "--models",
+        names,
+        "--attack",
+        "targeted",
+        "--steps",
+        "10",
+        "--out",
+        str(figure),
+    ]
+    assert cli.main(argv) == 0
+    assert "top-k intersection" in capsys.readouterr().out
+    with Image.open(figure) as picture:
+        assert picture.width >= 400 and picture.height >= 200
+    assert cli.main(["explain", str(tmp_path), "--model", MAIN_JOB_MODEL]) == 2
+    assert "is a folder" in capsys.readouterr().err
