@@ -11,10 +11,17 @@ untrained. Keyword arguments go to ``lga_zoo.load`` (device, revision, cache_dir
 dependencies = ["torch", "torchvision", "timm", "safetensors", "captum", "huggingface_hub", "yaml"]
 
 
+_LOAD_KEYWORDS = ("device", "revision", "cache_dir", "local_files_only", "verify")
+
+
 def _load(name, pretrained, **kwargs):
     import lga_zoo
     from lga_zoo.hub import untrained
 
+    unknown = sorted(set(kwargs) - set(_LOAD_KEYWORDS if pretrained else ("device",)))
+    if unknown:
+        accepted = list(_LOAD_KEYWORDS) if pretrained else ["device"]
+        raise TypeError(f"{name}: unexpected keyword arguments {unknown}; accepted: {accepted}")
     return lga_zoo.load(name, **kwargs) if pretrained else untrained(name, device=kwargs.get("device"))
 
 

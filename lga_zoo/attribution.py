@@ -23,6 +23,7 @@ import difflib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
 from torch import Tensor, nn
@@ -65,7 +66,47 @@ def resolve_method(method: str, method_kwargs: dict[str, Any]) -> tuple[str, dic
             hint = f" Did you mean {close}?" if close else ""
             accepted = sorted(defaults) or "no keywords"
             raise TypeError(f"method {name!r} got an unexpected keyword {key!r}.{hint} Accepted: {accepted}")
-    return name, {**defaults, **method_kwargs}
+    settings = {**defaults, **method_kwargs}
+    for key, value in method_kwargs.items():
+        _check_setting(name, key, value)
+    return name, settings
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _check_setting(method: str, key: str, value: Any) -> None:
+    """Raise ValueError naming ``key`` when a method setting is out of range or of the wrong type."""
+    problem = None
+    if key in ("steps", "samples", "attack_steps"):
+        if not _is_int(value) or value < 1:
+            problem = "must be an integer >= 1"
+    elif key in ("internal_batch_size", "samples_batch_size"):
+        if value is not None and (not _is_int(value) or value < 1):
+            problem = "must be None or an integer >= 1"
+    elif key == "noise":
+        if not _is_number(value) or not value >= 0 or not np.isfinite(value):
+            problem = "must be a number >= 0 (the noise standard deviation in pixel units)"
+    elif key == "seed":
+        if value is not None and not _is_int(value):
+            problem = "must be an integer or None"
+    elif key == "baseline":
+        if not (isinstance(value, Tensor) or _is_number(value)):
+            problem = "must be a number (e.g. 0.0 for black) or a tensor shaped like the input"
+    elif key == "epsilons":
+        if (
+            not isinstance(value, (list, tuple))
+            or not value
+            or not all(_is_number(e) and e > 0 for e in value)
+        ):
+            problem = "must be a non-empty list of positive L2 radii, e.g. (0.25, 0.5, 1.0, 2.0)"
+    if problem:
+        raise ValueError(f"method {method!r}: {key}={value!r} {problem}")
 
 
 def normalize_attribution(raw: Tensor, mode: str = "max") -> Tensor:
@@ -91,7 +132,7 @@ def resolve_target(target, predicted: Tensor, labels: Sequence[str] | None, num_
     batch = len(predicted)
     if target is None:
         return predicted.clone()
-    items = target.tolist() if isinstance(target, Tensor) else target
+    items = target.tolist() if isinstance(target, (Tensor, np.ndarray)) else target
     if not isinstance(items, (list, tuple)):
         items = [items] * batch
     if len(items) != batch:
@@ -107,6 +148,8 @@ def resolve_target(target, predicted: Tensor, labels: Sequence[str] | None, num_
                 known = f"classes are {list(labels)[:20]}" if labels else "this model has no class names"
                 raise ValueError(f"unknown class name {item!r}.{hint} ({known})")
             item = list(labels).index(item)
+        if isinstance(item, np.integer):
+            item = int(item)
         if isinstance(item, bool) or not isinstance(item, int):
             raise ValueError(f"target {item!r} must be a class index (int) or a class name")
         if not 0 <= item < num_classes:

@@ -144,7 +144,12 @@ def _publish(args: argparse.Namespace) -> int:
     if run_log.is_file():
         shutil.copyfile(run_log, dest / TRAIN_LOG_NAME)
     weights = dest / WEIGHTS_NAME
-    entry = replace(entry, sha256=sha256_of(weights), size=weights.stat().st_size)
+    entry = replace(
+        entry,
+        sha256=sha256_of(weights),
+        size=weights.stat().st_size,
+        config_sha256=sha256_of(dest / CONFIG_NAME),
+    )
     write_entries([entry if e.name == entry.name else e for e in all_entries()])
     print(f"published {source} as {dest}; sha256 {entry.sha256}, {entry.size} bytes pinned in zoo.json")
     return 0
@@ -175,11 +180,36 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _fraction(text: str) -> float:
-    """'4/255' or '0.0157'."""
-    if "/" in text:
-        num, den = text.split("/", 1)
-        return float(num) / float(den)
-    return float(text)
+    """'4/255' or '0.0157', a number in (0, 1]."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            value = float(num) / float(den)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction like 4/255") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} = {value:.4g} must be in (0, 1] (pixel units)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _make_parent(path: Path) -> None:
+    """Create ``path``'s folder, or say in one line why it cannot be created."""
+    for parent in [path.parent, *path.parent.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"cannot write {str(path)!r}: {str(parent)!r} is a file, not a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -195,7 +225,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()),
         n_robustness=args.n_images,
         n_accuracy=args.n_accuracy,
-        eps=_fraction(args.eps),
+        eps=args.eps,
         attack_steps=args.attack_steps,
         random_draws=args.random_draws,
         softplus_beta=args.softplus_beta,
@@ -207,12 +237,17 @@ def _evaluate(args: argparse.Namespace) -> int:
         "lga-zoo evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if args.record_argv else None
     )
     is_zoo_name = args.model in list_models(pretrained=False)
-    out = (
-        Path(args.out)
-        if args.out
-        else (model_card_dir(args.model) / RESULTS_NAME if is_zoo_name else Path("results.json"))
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.publish and not is_zoo_name:
+        raise ValueError(f"--publish writes a zoo model's card; {args.model!r} is not a zoo name")
+    if args.publish and args.out:
+        raise ValueError("--publish writes model_cards/NAME/results.json; leave out --out")
+    if args.publish:
+        out = model_card_dir(args.model) / RESULTS_NAME
+    elif args.out:
+        out = Path(args.out)
+    else:
+        out = Path("runs") / "evaluate" / Path(args.model).name / RESULTS_NAME
+    _make_parent(out)
     partial = out.with_name(out.stem + ".partial.json")
     results = run_evaluation(
         args.model,
@@ -236,8 +271,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                     f"  {method:22s} {attack:9s} top-k intersection {values['topk']['mean']:.3f} "
                     f"[{values['topk']['ci95'][0]:.3f}, {values['topk']['ci95'][1]:.3f}]"
                 )
-    if is_zoo_name and not args.out and (model_card_dir(args.model) / "config.json").is_file():
+    if args.publish:
         _card(argparse.Namespace(name=args.model, results=None))
+    else:
+        print("published files unchanged (add --publish to write the card, zoo.json and the leaderboard)")
     return 0
 
 
@@ -320,17 +357,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="zoo name or model folder")
     p.add_argument("--data-dir", required=True, help="CIFAR-10 (any layout lga-zoo train accepts)")
     p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--n-images", type=int, default=1000, help="images for robustness and PGD (default 1000)")
-    p.add_argument("--n-accuracy", type=int, help="images for clean accuracy (default: the whole split)")
+    p.add_argument(
+        "--n-images", type=_positive_int, default=1000, help="images for robustness and PGD (default 1000)"
+    )
+    p.add_argument(
+        "--n-accuracy", type=_positive_int, help="images for clean accuracy (default: the whole split)"
+    )
     p.add_argument(
         "--methods", default="grad,ig", help="comma-separated: grad,input_x_grad,ig,smoothgrad,boundary"
     )
     p.add_argument(
         "--attacks", default="random,targeted,topk,pgd", help="comma-separated: random,targeted,topk,pgd"
     )
-    p.add_argument("--eps", default="4/255", help="L-inf radius of the perturbations, pixels in [0, 1]")
-    p.add_argument("--attack-steps", type=int, default=100)
-    p.add_argument("--random-draws", type=int, default=5)
+    p.add_argument(
+        "--eps", type=_fraction, default=4 / 255, help="L-inf radius of the perturbations, pixels in [0, 1]"
+    )
+    p.add_argument("--attack-steps", type=_positive_int, default=100)
+    p.add_argument("--random-draws", type=_positive_int, default=5)
     p.add_argument("--softplus-beta", type=float, default=20.0, help="Softplus beta used during the attacks")
     p.add_argument(
         "--attack-map",
@@ -339,9 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="attack each method's own map, or the gradient map for all (cheaper for ig)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--batch-size", type=_positive_int, default=100)
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--out", help="results JSON (default model_cards/NAME/results.json for zoo names)")
+    p.add_argument("--out", help="results JSON (default runs/evaluate/NAME/results.json)")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="write model_cards/NAME/results.json, refresh the card and zoo.json's metrics (zoo names only)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_evaluate, record_argv=True)
 
@@ -360,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError, KeyError, TypeError) as err:
+    except (ValueError, RuntimeError, OSError, KeyError, TypeError) as err:
         print(f"lga-zoo {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -154,5 +154,6 @@ def load_model_folder(
     model = model_from_config(config)
     load_weights_strict(model, weights)
     model.config = config
+    model.weights_path = weights
     model.eval()
     return model.to(device) if device is not None else model

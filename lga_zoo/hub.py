@@ -109,6 +109,7 @@ def _download(
 def _attach(model: ExplainableClassifier, entry: ZooEntry | None, source: str) -> ExplainableClassifier:
     model.entry = entry
     model.source = source
+    model.sha256 = sha256_of(model.weights_path) if getattr(model, "weights_path", None) else None
     if entry is not None:
         model.pretrained_cfg = {
             **model.pretrained_cfg,
@@ -128,25 +129,76 @@ def _entry_for_config(config: dict[str, Any]) -> ZooEntry | None:
         return None
 
 
+def verify_config(path: Path, entry: ZooEntry) -> None:
+    """Check ``config.json`` against the registry's pin (labels, preprocessing, architecture)."""
+    if entry.config_sha256 is None:
+        return
+    actual = sha256_of(path)
+    if actual != entry.config_sha256:
+        raise WeightsError(
+            f"sha256 mismatch for {str(path)!r}: {entry.name}'s config.json is pinned at "
+            f"{entry.config_sha256}, this one is {actual}; it was changed (labels, preprocessing or "
+            "architecture would no longer be what the weights were trained with)"
+        )
+
+
+def _load_folder(folder: Path, device, verify: bool) -> ExplainableClassifier:
+    """A local folder: a copy of a zoo model (its config.json matches a pin) must match the weights'
+    pin too; the checkout's own ``model_cards/NAME`` must match both; any other folder is a user's own
+    model: loaded unpinned, ``.entry`` None."""
+    if not verify:
+        warnings.warn(
+            f"loading {folder} with verify=False: its files are not checked against any pin", stacklevel=3
+        )
+        model = load_model_folder(folder, device)
+        return _attach(model, None, f"folder:{folder}")
+    from .folder import read_config
+
+    entry = _entry_for_config(read_config(folder))
+    pinned = entry is not None and entry.has_weights
+    is_checkout_copy = pinned and folder.resolve() == model_card_dir(entry.name).resolve()
+    claims_pin = pinned and (
+        is_checkout_copy
+        or (entry.config_sha256 is not None and sha256_of(folder / CONFIG_NAME) == entry.config_sha256)
+    )
+    if not claims_pin:
+        return _attach(load_model_folder(folder, device), None, f"folder:{folder}")
+    verify_config(folder / CONFIG_NAME, entry)
+    verify_file(folder / WEIGHTS_NAME, entry.sha256, entry.size)
+    source = f"checkout:model_cards/{entry.name}" if is_checkout_copy else f"folder:{folder}"
+    return _attach(load_model_folder(folder, device), entry, source)
+
+
 def load(
     name_or_path: str | os.PathLike,
     device: str | torch.device | None = None,
     revision: str | None = None,
     cache_dir: str | None = None,
     local_files_only: bool | None = None,
+    verify: bool = True,
 ) -> ExplainableClassifier:
     """A zoo model in eval mode, with ``.explain()``, ``.predict()``, ``.transforms()``,
-    ``.pretrained_cfg`` and ``.entry``.
+    ``.pretrained_cfg``, ``.entry`` and ``.sha256`` (of the weights read).
 
     ``name_or_path``: a zoo name (``lga_zoo.list_models()``), a local folder holding
     ``model.safetensors`` and ``config.json``, or ``hf-hub:org/name[@revision]``. ``revision``
     overrides the pinned one (the sha256 pin then no longer applies); ``cache_dir`` is the Hugging
     Face cache; ``local_files_only`` (default: ``HF_HUB_OFFLINE``) forbids downloads.
+
+    Every route checks what it reads against the registry's sha256 pins of ``model.safetensors``
+    and ``config.json``: a zoo name, a Hub download or cache hit, and a folder that is a zoo model's
+    copy. A folder of your own (your config.json) loads unpinned with ``.entry = None``.
+    ``verify=False`` skips every check (with a warning).
     """
     text = str(name_or_path)
-    if Path(text).expanduser().is_dir():
-        model = load_model_folder(Path(text).expanduser(), device)
-        return _attach(model, _entry_for_config(model.config), f"folder:{text}")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _load_folder(path, device, verify)
+    if not text.startswith(HF_PREFIX) and (text.startswith((".", "/", "~")) or os.sep in text):
+        raise WeightsError(
+            f"model folder {text!r} does not exist (a folder holds model.safetensors and config.json); "
+            f"zoo names are {list_models(pretrained=False)}"
+        )
     offline = offline_mode(local_files_only)
     if text.startswith(HF_PREFIX):
         repo_id, _, rev = text[len(HF_PREFIX) :].partition("@")
@@ -167,8 +219,10 @@ def load(
         )
     local = model_card_dir(entry.name)
     if revision in (None, entry.revision) and (local / WEIGHTS_NAME).is_file():
-        verify_file(local / WEIGHTS_NAME, entry.sha256, entry.size)
-        return _attach(load_model_folder(local, device), entry, f"checkout:{local}")
+        if verify:
+            verify_config(local / CONFIG_NAME, entry)
+            verify_file(local / WEIGHTS_NAME, entry.sha256, entry.size)
+        return _attach(load_model_folder(local, device), entry, f"checkout:model_cards/{entry.name}")
     if revision not in (None, entry.revision):
         warnings.warn(
             f"{entry.name}: revision {revision} is not the pinned {entry.revision}; "
@@ -203,6 +257,12 @@ def _fetch(
     if entry is not None and entry.sha256:
         verify_file(weights, entry.sha256, entry.size, remove_if_bad=True)
     config = _download(repo_id, CONFIG_NAME, revision, cache_dir, offline, what)
+    if entry is not None and entry.config_sha256:
+        try:
+            verify_config(config, entry)
+        except WeightsError:
+            config.resolve().unlink(missing_ok=True)
+            raise
     if config.parent != weights.parent:
         raise WeightsError(
             f"{what}: config and weights resolved to different snapshots ({config.parent}, {weights.parent})"

@@ -168,6 +168,8 @@ class ExplainableClassifier(nn.Module):
         self.interpolation = interpolation
         self.crop_pct = float(crop_pct)
         self.entry = None  # the registry entry, set by lga_zoo.load
+        self.source = None  # where lga_zoo.load read it from
+        self.sha256 = None  # sha256 of the weights file lga_zoo.load read
         self.pretrained_cfg = {
             "input_size": self.input_size,
             "mean": tuple(float(m) for m in mean),

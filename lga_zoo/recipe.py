@@ -8,6 +8,7 @@ key and what is valid (with close matches for misspellings).
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,11 @@ def _check_keys(section: str, given: dict, allowed: list[str]) -> None:
 def _check_choice(key: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise RecipeError(f"{key}={value!r} is not valid; choose one of {list(choices)}")
+
+
+def _check_bool(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise RecipeError(f"{key}={value!r} must be true or false (unquoted in YAML)")
 
 
 def _check_number(key: str, value: Any, low: float | None = None, integer: bool = False) -> None:
@@ -113,8 +119,7 @@ class Recipe:
             raise RecipeError(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")
         _check_number("eval_every", self.eval_every, low=1, integer=True)
         _check_choice("amp", self.amp, AMP_MODES)
-        if not isinstance(self.channels_last, bool):
-            raise RecipeError(f"channels_last={self.channels_last!r} must be true or false")
+        _check_bool("channels_last", self.channels_last)
         if self.max_train_images is not None:
             _check_number("max_train_images", self.max_train_images, low=1, integer=True)
         if not isinstance(self.init, str):
@@ -130,6 +135,21 @@ class Recipe:
         _check_keys("optimizer.", opt, allowed)
         _check_number("optimizer.lr", opt.get("lr"), low=0)
         _check_number("optimizer.weight_decay", opt.get("weight_decay", 0.0), low=0)
+        if opt["name"] == "sgd":
+            _check_number("optimizer.momentum", opt.get("momentum", 0.9), low=0)
+            _check_bool("optimizer.nesterov", opt.get("nesterov", False))
+        else:
+            betas = opt.get("betas", [0.9, 0.999])
+            if (
+                not isinstance(betas, (list, tuple))
+                or len(betas) != 2
+                or not all(
+                    isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas
+                )
+            ):
+                raise RecipeError(
+                    f"optimizer.betas={betas!r} must be a list of two numbers in [0, 1), e.g. [0.9, 0.999]"
+                )
 
         sched = dict(self.schedule)
         _check_choice("schedule.name", sched.get("name"), SCHEDULES)
@@ -145,6 +165,8 @@ class Recipe:
                     f"schedule.milestones={milestones!r} must be a list of positive epoch numbers"
                 )
             _check_number("schedule.gamma", sched.get("gamma", 0.1), low=0)
+        else:
+            _check_number("schedule.min_lr", sched.get("min_lr", 0.0), low=0)
 
         reg = dict(self.regularizer)
         _check_choice("regularizer.name", reg.get("name"), REGULARIZERS)
@@ -158,6 +180,8 @@ class Recipe:
             )
         if "perturbation" in reg:
             _check_choice("regularizer.perturbation", reg["perturbation"], PERTURBATIONS)
+        if "detach_source" in reg:
+            _check_bool("regularizer.detach_source", reg["detach_source"])
 
     def regularizer_params(self) -> dict:
         return {k: v for k, v in self.regularizer.items() if k != "name"}
@@ -166,15 +190,33 @@ class Recipe:
         return asdict(self)
 
 
-def _parse_fraction(value: Any) -> Any:
-    """Allow eps written as '4/255' in YAML."""
-    if isinstance(value, str) and "/" in value:
-        num, den = value.split("/", 1)
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+$")
+
+
+def _parse_number(value: Any) -> Any:
+    """Numbers that YAML leaves as strings: scientific notation without a dot (``1e-3``; YAML 1.1
+    wants ``1.0e-3``) and fractions such as ``4/255``. Any other string (``"0.9"`` in quotes) is
+    returned unchanged, for the validation to refuse by name."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if _SCIENTIFIC.match(text):
+        return float(text)
+    if "/" in text:
+        num, den = text.split("/", 1)
         try:
             return float(num) / float(den)
-        except ValueError:
+        except (ValueError, ZeroDivisionError):
             return value
     return value
+
+
+NUMBER_KEYS = {
+    "optimizer": ("lr", "weight_decay", "momentum"),
+    "schedule": ("warmup_epochs", "gamma", "min_lr"),
+    "regularizer": ("eps", "lambda_l2", "lambda_cos", "lam", "fd_step"),
+}
+TOP_LEVEL_NUMBER_KEYS = ("softplus_beta", "label_smoothing")
 
 
 def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
@@ -188,11 +230,15 @@ def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
             if required not in raw:
                 raise RecipeError(f"missing required key {required!r}")
         raw = dict(raw)
-        if isinstance(raw.get("regularizer"), dict):
-            raw["regularizer"] = {k: _parse_fraction(v) for k, v in raw["regularizer"].items()}
         for section in ("optimizer", "schedule", "regularizer"):
             if section in raw and not isinstance(raw[section], dict):
                 raise RecipeError(f"{section} must be a mapping with a 'name', got {raw[section]!r}")
+        for section, keys in NUMBER_KEYS.items():
+            if section in raw:
+                raw[section] = {k: (_parse_number(v) if k in keys else v) for k, v in raw[section].items()}
+        for key in TOP_LEVEL_NUMBER_KEYS:
+            if key in raw:
+                raw[key] = _parse_number(raw[key])
         return Recipe(**raw)
     except RecipeError as err:
         raise RecipeError(f"{source}: {err}") from None
@@ -203,6 +249,14 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file {str(path)!r} does not exist")
-    with open(path) as f:
-        raw = yaml.safe_load(f)
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise RecipeError(f"{path}: not valid YAML{at} ({problem})") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a text file; a recipe is YAML") from None
     return recipe_from_dict(raw, source=str(path))

@@ -57,6 +57,7 @@ class ZooEntry:
     revision: str | None = None
     sha256: str | None = None
     size: int | None = None
+    config_sha256: str | None = None  # of config.json: its labels and preprocessing are pinned too
     base_model: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     notes: str | None = None  # what a user must know beyond the card's figures (e.g. a missed target)

@@ -216,7 +216,7 @@ def _guard_existing_run(out: Path, resume: bool) -> None:
         return
     raise FileExistsError(
         f"{out} already holds a training run ({ckpt_path}); pass --resume to continue it, "
-        "or choose a new --out folder"
+        "--overwrite to start afresh, or choose a new --out folder"
     )
 
 
@@ -513,6 +513,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     parser.add_argument("--out", help="output folder (default runs/<recipe name>)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an OUT that holds a run (its checkpoint and logs are replaced)",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -527,10 +532,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run_from_args(args: argparse.Namespace) -> Path:
     recipe = load_recipe(args.recipe)
-    if args.epochs:
+    if args.epochs is not None:
         recipe.epochs = args.epochs
         recipe.validate()
     out = args.out or os.path.join("runs", recipe.name)
+    if args.overwrite and args.resume:
+        raise ValueError("--overwrite starts afresh and --resume continues: choose one")
+    if args.overwrite and _rank_world()[0] == 0:
+        for name in (CHECKPOINT_NAME, LOG_NAME, PROGRESS_NAME):
+            (Path(out) / name).unlink(missing_ok=True)
     folder = train(
         recipe,
         args.data_dir,

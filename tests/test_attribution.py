@@ -265,3 +265,30 @@ def test_plot_draws_input_map_and_overlay(model, batch):
     assert fig.axes[0].get_title() == exp.describe(0)
     shown = fig.axes[1].images[0].get_array()
     assert np.allclose(np.asarray(shown), exp.attribution[0].numpy())
+
+
+@pytest.mark.parametrize(
+    "method, settings, named",
+    [
+        ("ig", {"steps": 0}, "steps"),
+        ("ig", {"steps": "50"}, "steps"),
+        ("ig", {"internal_batch_size": 0}, "internal_batch_size"),
+        ("smoothgrad", {"samples": 0}, "samples"),
+        ("smoothgrad", {"noise": -1}, "noise"),
+        ("smoothgrad", {"noise": float("nan")}, "noise"),
+        ("boundary", {"epsilons": ()}, "epsilons"),
+        ("boundary", {"epsilons": (1.0, -2.0)}, "epsilons"),
+        ("boundary", {"attack_steps": 0}, "attack_steps"),
+        ("ig", {"baseline": "black"}, "baseline"),
+    ],
+)
+def test_method_settings_out_of_range_name_the_setting(model, batch, method, settings, named):
+    with pytest.raises(ValueError, match=f"{named}="):
+        model.explain(batch, method=method, **settings)
+
+
+def test_numpy_integer_targets_are_class_indices(model, batch):
+    by_numpy = model.explain(batch, target=np.int64(2))
+    assert by_numpy.target.tolist() == [2] * len(batch)
+    per_image = model.explain(batch, target=np.array([0, 1, 2, 3, 0]))
+    assert per_image.target.tolist() == [0, 1, 2, 3, 0]

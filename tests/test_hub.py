@@ -36,6 +36,7 @@ def pinned_registry(monkeypatch, tmp_path):
         registry.get_entry(NAME),
         sha256=sha256_of(weights),
         size=weights.stat().st_size,
+        config_sha256=sha256_of(folder / "config.json"),
         revision=COMMIT,
         hf_repo_id="lga-zoo-test/tiny",
     )
@@ -76,7 +77,9 @@ def test_local_folder_round_trip(tmp_path):
     model, folder = make_folder(tmp_path / "m", seed=3)
     loaded = lga_zoo.load(folder)
     assert not loaded.training and same_outputs(model, loaded)
-    assert loaded.entry.name == NAME and loaded.source.startswith("folder:")
+    # A folder of one's own (its config.json is not the pinned one) loads unpinned.
+    assert loaded.entry is None and loaded.source.startswith("folder:")
+    assert loaded.sha256 == sha256_of(folder / "model.safetensors")
     assert loaded.labels == list(registry.get_entry(NAME).classes)
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == "resnet18_w16_cifar" and config["num_classes"] == 10
@@ -231,3 +234,45 @@ def test_saved_card_front_matter_is_valid_yaml(tmp_path):
     assert meta["license"] == "apache-2.0" and meta["pipeline_tag"] == "image-classification"
     assert meta["base_model"] == "lga-zoo/resnet18_w16_cifar10_standard"
     assert "model-index" not in meta  # no results yet: nothing invented
+
+
+def _copy_of_published(tmp_path: Path) -> Path:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(REPO / "model_cards" / NAME, copy)
+    return copy
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_copy_of_a_zoo_model_is_checked_against_its_pins(tmp_path):
+    copy = _copy_of_published(tmp_path)
+    loaded = lga_zoo.load(copy)
+    assert loaded.entry.name == NAME and loaded.sha256 == registry.get_entry(NAME).sha256
+    weights = bytearray((copy / "model.safetensors").read_bytes())
+    weights[-5] ^= 0x01  # one flipped bit in the last weight
+    (copy / "model.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        lga_zoo.load(copy)
+    with pytest.warns(UserWarning, match="verify=False"):
+        unverified = lga_zoo.load(copy, verify=False)
+    assert unverified.entry is None and unverified.sha256 != registry.get_entry(NAME).sha256
+
+
+def test_a_checkout_with_swapped_labels_is_refused(tmp_path, monkeypatch):
+    copy = _copy_of_published(tmp_path)
+    config = json.loads((copy / "config.json").read_text())
+    config["label_names"][3], config["label_names"][5] = config["label_names"][5], config["label_names"][3]
+    (copy / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    monkeypatch.setattr(hub, "model_card_dir", lambda name: copy)
+    with pytest.raises(WeightsError, match="config.json is pinned"):
+        lga_zoo.load(NAME)
+    with pytest.raises(WeightsError, match="config.json is pinned"):
+        lga_zoo.load(copy)  # the checkout's own folder, by path
+
+
+def test_a_missing_folder_is_named():
+    with pytest.raises(WeightsError, match="model folder '/no/such/dir' does not exist"):
+        lga_zoo.load("/no/such/dir")

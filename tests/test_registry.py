@@ -123,3 +123,26 @@ def test_torch_hub_list_help_and_load_offline(tmp_path, monkeypatch):
     assert isinstance(model, lga_zoo.ExplainableClassifier)
     assert model.entry.name == "resnet18_w16_cifar10_lga"
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_published_files_hold_no_machine_paths():
+    published = [
+        p for p in (REPO / "model_cards").rglob("*") if p.is_file() and p.suffix in (".json", ".md", ".jsonl")
+    ]
+    published += [REPO / "README.md", REPO / "lga_zoo" / "zoo.json"]
+    for path in published:
+        text = path.read_text()
+        for marker in ("/work/", "/root/", "/home/", "/tmp/", "C:\\\\"):
+            assert marker not in text, f"{path.relative_to(REPO)} holds a machine path ({marker})"
+
+
+def test_hubconf_refuses_unknown_keywords():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hubconf", REPO / "hubconf.py")
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['devcie'\\]"):
+        hubconf.resnet18_w16_cifar10_lga(devcie="cpu")
+    with pytest.raises(TypeError, match="accepted: \\['device'\\]"):
+        hubconf.resnet18_w16_cifar10_lga(pretrained=False, revision="x")

@@ -1,0 +1,209 @@
+"""Nothing lost, nothing forged: image modes, one-line CLI errors, recipe values, trial evaluations."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import lga_zoo
+from lga_zoo import cli
+from lga_zoo.inputs import InputError, open_image
+from lga_zoo.recipe import RecipeError, load_recipe, recipe_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "resnet18_w16_cifar10_lga"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return lga_zoo.load(MODEL)
+
+
+@pytest.fixture(scope="module")
+def grey8():
+    """An 8-bit grayscale version of the ship example."""
+    return Image.open(REPO / "examples" / "ship.jpg").convert("L")
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_deep_and_float_images_match_the_8_bit_image(model, grey8, mode, tmp_path):
+    pixels8 = np.asarray(grey8, dtype=np.float64)
+    if mode == "F":
+        deep = Image.fromarray((pixels8 / 255).astype(np.float32), mode="F")
+    else:
+        deep = Image.fromarray((pixels8 * 257).astype(np.uint16))  # 16-bit: 255 -> 65535
+        if mode == "I;16":
+            path = tmp_path / "deep.png"
+            deep.save(path)  # a real 16-bit PNG, as a scanner or a microscope writes it
+            deep = open_image(path)
+            assert deep.mode in ("I;16", "I")
+        else:
+            deep = deep.convert("I")
+    reference = model.explain(grey8)
+    got = model.explain(deep)
+    assert torch.allclose(got.inputs, reference.inputs, atol=1e-6)
+    assert got.predicted.tolist() == reference.predicted.tolist()
+    assert torch.allclose(got.attribution, reference.attribution, atol=1e-4)
+
+
+def test_float_images_outside_the_unit_range_are_refused(model):
+    with pytest.raises(InputError, match="mode 'F'.*\\[0, 1\\]"):
+        model.explain(Image.fromarray(np.full((8, 8), 200.0, dtype=np.float32), mode="F"))
+
+
+def test_not_an_image_and_a_folder_get_one_line_errors(tmp_path, capsys):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("this is text, not a JPEG")
+    with pytest.raises(InputError, match="not an image file"):
+        open_image(fake)
+    assert cli.main(["explain", str(fake), "--model", MODEL, "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert "not an image file" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_out_below_a_file_is_a_one_line_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    image = str(REPO / "examples" / "cat.jpg")
+    assert cli.main(["explain", image, image, "--model", MODEL, "--out", str(blocker / "maps")]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_cli_steps_zero_is_refused_not_replaced(capsys):
+    image = str(REPO / "examples" / "cat.jpg")
+    assert cli.main(["explain", image, "--model", MODEL, "--method", "ig", "--steps", "0"]) == 2
+    assert "steps=0" in capsys.readouterr().err
+
+
+def _tiny_recipe(tmp_path, **changes):
+    raw = {
+        "name": "tiny",
+        "architecture": "resnet18_w16_cifar",
+        "epochs": 1,
+        "batch_size": 20,
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "regularizer": {"name": "none"},
+    }
+    raw.update(changes)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"regularizer": {"name": "lga", "detach_source": "false"}},
+            "detach_source='false' must be true or false",
+        ),
+        ({"optimizer": {"name": "sgd", "lr": 0.1, "momentum": "0.9"}}, "momentum='0.9' must be a number"),
+        ({"optimizer": {"name": "adamw", "lr": 0.1, "betas": "0.9"}}, "betas='0.9'"),
+        ({"schedule": {"name": "cosine", "min_lr": "0"}}, "min_lr='0' must be a number"),
+        ({"optimizer": {"name": "sgd", "lr": 0.1, "nesterov": "yes"}}, "nesterov"),
+    ],
+)
+def test_recipe_values_are_refused_before_any_data_is_read(tmp_path, changes, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(_tiny_recipe(tmp_path, **changes))
+
+
+def test_yaml_number_forms_are_read_as_numbers(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "name: r\narchitecture: resnet18_w16_cifar\noptimizer: {name: adamw, lr: 1e-3, weight_decay: 5e-4}\n"
+        "regularizer: {name: lga, eps: 4/255, lambda_l2: 1e-2}\n"
+    )
+    recipe = load_recipe(path)
+    assert recipe.optimizer["lr"] == 1e-3 and recipe.optimizer["weight_decay"] == 5e-4
+    assert recipe.regularizer["lambda_l2"] == 0.01 and recipe.regularizer["eps"] == pytest.approx(4 / 255)
+    with pytest.raises(RecipeError, match="lr='fast' must be a number"):
+        recipe_from_dict(
+            {"name": "r", "architecture": "resnet18_w16_cifar", "optimizer": {"name": "sgd", "lr": "fast"}}
+        )
+
+
+def test_malformed_yaml_is_a_one_line_error(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: r\narchitecture: [resnet18\n")
+    assert cli.main(["train", str(path), "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not valid YAML at line" in err and "Traceback" not in err
+
+
+def test_second_train_without_resume_keeps_the_checkpoint(tiny_cifar, tmp_path, capsys):
+    recipe = _tiny_recipe(tmp_path)
+    out = tmp_path / "run"
+    argv = ["train", str(recipe), "--data-dir", str(tiny_cifar), "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    assert cli.main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert cli.main([*argv, "--overwrite"]) == 0
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1
+    assert cli.main([*argv, "--epochs", "0"]) == 2
+    assert "epochs=0" in capsys.readouterr().err
+
+
+def test_a_pickle_with_code_as_checkpoint_is_refused_without_running_it(tiny_cifar, tmp_path, capsys):
+    import pickle
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(pickle.dumps(Boom()))
+    recipe = _tiny_recipe(tmp_path)
+    argv = [
+        "train",
+        str(recipe),
+        "--data-dir",
+        str(tiny_cifar),
+        "--out",
+        str(out),
+        "--resume",
+        "--no-progress",
+    ]
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert "code ran" not in captured.out + captured.err
+    assert "cannot read the training checkpoint" in captured.err and "weights_only=False" not in captured.err
+
+
+def _digest(paths):
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def test_a_trial_evaluation_leaves_published_files_alone(tiny_cifar, tmp_path, monkeypatch, capsys):
+    published = sorted((REPO / "model_cards").rglob("*")) + [REPO / "lga_zoo" / "zoo.json"]
+    published = [p for p in published if p.is_file()]
+    before = _digest(published)
+    monkeypatch.chdir(tmp_path)
+    argv = ["evaluate", MODEL, "--data-dir", str(tiny_cifar), "--n-images", "2", "--n-accuracy", "10"]
+    argv += ["--methods", "grad", "--attacks", "random", "--random-draws", "1", "--no-progress"]
+    assert cli.main(argv) == 0
+    results = json.loads((tmp_path / "runs" / "evaluate" / MODEL / "results.json").read_text())
+    assert results["accuracy"]["n_images"] == 10
+    assert "published files unchanged" in capsys.readouterr().out
+    assert _digest(published) == before
+    assert "/" not in results["model"]["source"].split(":", 1)[1].replace("model_cards/", "")
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [("--eps", "4/0", "4/0"), ("--n-images", "0", "at least 1"), ("--batch-size", "0", "at least 1")],
+)
+def test_bad_evaluation_arguments_exit_2(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["evaluate", MODEL, "--data-dir", "x", flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
