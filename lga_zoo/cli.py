@@ -231,6 +231,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         softplus_beta=args.softplus_beta,
         attack_map=args.attack_map,
         batch_size=args.batch_size,
+        n_slow=args.n_images_slow,
         seed=args.seed,
     )
     command = (
@@ -362,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--n-accuracy", type=_positive_int, help="images for clean accuracy (default: the whole split)"
+    )
+    p.add_argument(
+        "--n-images-slow",
+        type=_positive_int,
+        help="images for ig, smoothgrad and boundary (the first of the --n-images; default: all of them)",
     )
     p.add_argument(
         "--methods", default="grad,ig", help="comma-separated: grad,input_x_grad,ig,smoothgrad,boundary"

@@ -43,6 +43,7 @@ from .models import softplus_activations
 from .state import preserved
 
 ATTACKS = ("random", "targeted", "topk", "pgd")
+SLOW_METHODS = ("integrated_gradients", "smoothgrad", "boundary")
 
 
 @dataclass
@@ -67,6 +68,7 @@ class EvalSettings:
     pgd_steps: int = 20
     similarities: tuple[str, ...] = SIMILARITIES
     batch_size: int = 100
+    n_slow: int | None = None  # images for integrated_gradients, smoothgrad, boundary (default: all)
     seed: int = 0
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -82,6 +84,12 @@ class EvalSettings:
         for method in self.methods:
             kwargs = {"steps": self.ig_steps} if method in ("integrated_gradients", "boundary") else {}
             self.method_settings[method] = resolve_method(method, kwargs)[1]
+
+    def images_for(self, method: str) -> int:
+        """How many of the robustness images ``method`` is measured on."""
+        if method in SLOW_METHODS and self.n_slow is not None:
+            return min(self.n_slow, self.n_robustness)
+        return self.n_robustness
 
     def recorded(self) -> dict[str, Any]:
         record = asdict(self)
@@ -234,30 +242,35 @@ def _evaluate(
         # them with attack_map="grad", and every method for random noise) are measured on the same x'.
         perturbed_cache: dict[tuple[str, str], list[Tensor]] = {}
         for method in settings.methods:
-            clean_maps = _maps(model, x, predicted, method, settings)
+            count = min(len(x), max(0, settings.images_for(method) - start))
+            if count == 0:
+                continue  # a slow method measured on the first images only
+            x_m, predicted_m = x[:count], predicted[:count]
+            clean_maps = _maps(model, x_m, predicted_m, method, settings)
             for attack in settings.attacks:
                 if attack == "pgd":
                     continue
                 key = (attack, "-" if attack == "random" else attacked_map(method, settings))
-                if key not in perturbed_cache:
+                if key not in perturbed_cache or len(perturbed_cache[key][0]) < count:
                     perturbed_cache[key] = _attacked_inputs(
-                        model, x, predicted, method, attack, settings, generator
+                        model, x_m, predicted_m, method, attack, settings, generator
                     )
-                perturbed = perturbed_cache[key]
+                perturbed = [x_prime[:count] for x_prime in perturbed_cache[key]]
                 draws = []
                 for x_prime in perturbed:
-                    assert (x_prime - x).abs().max() <= settings.eps + 1e-5, "perturbation left the ball"
+                    assert (x_prime - x_m).abs().max() <= settings.eps + 1e-5, "perturbation left the ball"
                     draws.append(
                         similarities(
                             clean_maps,
-                            _maps(model, x_prime, predicted, method, settings),
+                            _maps(model, x_prime, predicted_m, method, settings),
                             settings.similarities,
                             settings.topk_fraction,
                         )
                     )
                     if attack in changed[method]:
                         with torch.no_grad():
-                            changed[method][attack] += (model(x_prime).argmax(1) != predicted).sum().item()
+                            flipped = (model(x_prime).argmax(1) != predicted_m).sum().item()
+                        changed[method][attack] += flipped
                 for name in settings.similarities:
                     per_image[method][attack][name].append(
                         torch.stack([d[name] for d in draws]).mean(0).cpu()
@@ -299,7 +312,8 @@ def _summary(
     for method, attacks in changed.items():
         for attack, count in attacks.items():
             if attack in robustness[method]:
-                robustness[method][attack]["prediction_changed"] = count / n_rob
+                n_method = min(n_rob, settings.images_for(method))
+                robustness[method][attack]["prediction_changed"] = count / max(1, n_method)
     return {
         "accuracy": accuracy,
         "robustness": robustness,

@@ -218,3 +218,17 @@ def test_readme_zoo_table_is_the_leaderboard():
     assert readme_table(readme) == leaderboard_markdown(), (
         "README zoo table is stale: paste `lga-zoo leaderboard`"
     )
+
+
+def test_slow_methods_on_fewer_images_leave_the_gradient_figures_unchanged():
+    data = synthetic_data(12)
+    common = dict(methods=("grad", "ig"), n_robustness=12, attack_steps=2, random_draws=1, batch_size=4,
+                  ig_steps=4, attack_map="grad", attacks=("random", "targeted"), similarities=("topk", "cosine"))  # fmt: skip
+    full = evaluate(relu_cnn(), data, EvalSettings(**common), progress=False)
+    fewer = evaluate(relu_cnn(), data, EvalSettings(**common, n_slow=6), progress=False)
+    assert json.dumps(full["robustness"]["grad"], sort_keys=True) == json.dumps(
+        fewer["robustness"]["grad"], sort_keys=True
+    )
+    ig = fewer["robustness"]["integrated_gradients"]
+    assert ig["random"]["topk"]["n"] == 6 and ig["targeted"]["cosine"]["n"] == 6
+    assert full["robustness"]["integrated_gradients"]["random"]["topk"]["n"] == 12
