@@ -157,8 +157,80 @@ def _evaluation_section(results: dict[str, Any] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_card(entry: ZooEntry, results: dict[str, Any] | None, config: dict[str, Any] | None = None) -> str:
-    """The model card (README.md) text for ``entry`` with ``results`` (None: not evaluated yet)."""
+COMPARISON_COLUMNS = (
+    ("grad", "random", "grad: noise"),
+    ("grad", "targeted", "grad: targeted attack"),
+    ("grad", "topk", "grad: top-k attack"),
+    ("integrated_gradients", "targeted", "IG: targeted attack"),
+)
+
+
+def family_of(entry: ZooEntry) -> list[ZooEntry]:
+    """The models a card compares: the standard model a fine-tune starts from and every zoo model
+    fine-tuned from it (control, Hessian, LGA, ...), the standard first."""
+    from .registry import all_entries, get_entry
+
+    root = entry.base_model.split("/")[-1] if entry.base_model else entry.name
+    members = [e for e in all_entries() if e.base_model and e.base_model.split("/")[-1] == root]
+    if not members:
+        return []
+    return [get_entry(root), *sorted(members, key=lambda e: e.name)]
+
+
+def comparison_section(entry: ZooEntry, family_results: dict[str, dict[str, Any]]) -> str:
+    """A table of the family's accuracy and top-k intersections (95% intervals), from each model's
+    results.json; models without results are listed as not evaluated yet."""
+    family = family_of(entry)
+    if len(family) < 2:
+        return ""
+    header = (
+        "| model | regularizer | accuracy | PGD L-inf | "
+        + " | ".join(t for *_, t in COMPARISON_COLUMNS)
+        + " |"
+    )
+    lines = [
+        "## Comparison",
+        "",
+        "The standard model and every model fine-tuned from it, with the same evaluation (top-k intersection of",
+        "the map at x and at x', mean [95% interval]). The control has the same starting point and the same extra",
+        "epochs as the regularized fine-tunes, without a regularizer: the gap between a regularizer and the",
+        "control is what the regularizer adds beyond more training.",
+        "",
+        header,
+        "|---|---|---:|---:|" + "---:|" * len(COMPARISON_COLUMNS),
+    ]
+    for member in family:
+        name = f"**{member.name}**" if member.name == entry.name else member.name
+        results = family_results.get(member.name)
+        if not results:
+            status = "not evaluated yet" if member.has_weights else "not published yet"
+            lines.append(
+                f"| {name} | {member.regularizer['name']} | {status} |" + " |" * (len(COMPARISON_COLUMNS) + 1)
+            )
+            continue
+        accuracy = results["accuracy"]
+        pgd = accuracy.get("pgd", {}).get("linf")
+        cells = [f"{accuracy['clean']:.2%}", f"{pgd['accuracy']:.2%}" if pgd else "-"]
+        for method, attack, _ in COMPARISON_COLUMNS:
+            value = results.get("robustness", {}).get(method, {}).get(attack, {}).get("topk")
+            cells.append(
+                "-"
+                if value is None
+                else f"{value['mean']:.3f} [{value['ci95'][0]:.3f}, {value['ci95'][1]:.3f}]"
+            )
+        lines.append(f"| {name} | {member.regularizer['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n"
+
+
+def render_card(
+    entry: ZooEntry,
+    results: dict[str, Any] | None,
+    config: dict[str, Any] | None = None,
+    family_results: dict[str, dict[str, Any]] | None = None,
+) -> str:
+    """The model card (README.md) text for ``entry`` with ``results`` (None: not evaluated yet) and,
+    for a model with a family (standard, control, fine-tunes), the other models' ``family_results``
+    by name for the comparison section."""
     meta = yaml.safe_dump(front_matter(entry, results), sort_keys=False, width=120)
     reg = ", ".join(f"{k}={v}" for k, v in entry.regularizer.items() if k != "name")
     training = (config or {}).get("lga_zoo", {}).get("training", {})
@@ -173,14 +245,20 @@ def render_card(entry: ZooEntry, results: dict[str, Any] | None, config: dict[st
             f"{training.get('device', '?')} process(es); final test accuracy in training "
             f"{training.get('final_test_acc', float('nan')):.2%}.\n\n"
         )
-    papers = "\n".join(f"- {p}" for p in entry.papers)
+    papers = (
+        "\n".join(f"- {p}" for p in entry.papers)
+        or "- Joo et al., Towards More Robust Interpretation via Local Gradient Alignment, AAAI 2023 (the comparison this model belongs to)"
+    )
+    activation = (
+        f"softplus (beta {entry.softplus_beta:g})" if entry.activation == "softplus" else entry.activation
+    )
     note = f"Note: {entry.notes}\n\n" if entry.notes else ""
     return f"""---
 {meta}---
 
 # {entry.name}
 
-A `{entry.architecture}` ({entry.num_params:,} parameters, {entry.activation} activations) image classifier
+A `{entry.architecture}` ({entry.num_params:,} parameters, {activation} activations) image classifier
 for {DATASET_NAMES.get(entry.dataset, entry.dataset)} ({len(entry.classes)} classes, {entry.input_size[1]}x{entry.input_size[2]}
 pixels), trained with the `{entry.regularizer["name"]}` regularizer{f" ({reg})" if reg else ""}.{base}
 Part of [lga-zoo](https://github.com/lga-zoo/lga_zoo): classifiers whose explanations hold up under small input changes.
@@ -214,7 +292,7 @@ lga-zoo train {entry.recipe} --data-dir DIR --out runs/{entry.name}
 {trained}{note}## Evaluation
 
 {_evaluation_section(results)}
-## Limitations
+{comparison_section(entry, {**(family_results or {}), **({entry.name: results} if results else {})})}## Limitations
 
 - Trained and evaluated on {data_name} only: {entry.input_size[1]}x{entry.input_size[2]} images of {len(entry.classes)} classes.
   A photo of anything else is still assigned one of these classes.
@@ -226,3 +304,17 @@ lga-zoo train {entry.recipe} --data-dir DIR --out runs/{entry.name}
 
 {papers}
 """
+
+
+def published_family_results(entry: ZooEntry) -> dict[str, dict[str, Any]]:
+    """The results.json of every other member of ``entry``'s family found in ``model_cards/``."""
+    import json
+
+    from .hub import RESULTS_NAME, model_card_dir
+
+    found = {}
+    for member in family_of(entry):
+        path = model_card_dir(member.name) / RESULTS_NAME
+        if member.name != entry.name and path.is_file():
+            found[member.name] = json.loads(path.read_text())
+    return found

@@ -95,7 +95,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _card(args: argparse.Namespace) -> int:
-    from .cards import render_card, summary_metrics
+    from .cards import published_family_results, render_card, summary_metrics
     from .folder import CARD_NAME, atomic_write_text, read_config
     from .hub import RESULTS_NAME, model_card_dir
     from .registry import all_entries, get_entry, write_entries
@@ -112,7 +112,8 @@ def _card(args: argparse.Namespace) -> int:
     if metrics != entry.metrics:
         entry = replace(entry, metrics=metrics)
         write_entries([entry if e.name == entry.name else e for e in all_entries()])
-    atomic_write_text(folder / CARD_NAME, render_card(entry, results, config))
+    family_results = published_family_results(entry)
+    atomic_write_text(folder / CARD_NAME, render_card(entry, results, config, family_results))
     print(
         f"wrote {folder / CARD_NAME}"
         + (f" ({len(metrics)} metrics from {results_path})" if results else " (no results yet)")

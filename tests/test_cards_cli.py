@@ -11,7 +11,7 @@ from PIL import Image
 import lga_zoo.cli as cli
 import lga_zoo.hub as hub
 import lga_zoo.registry as registry
-from lga_zoo.cards import render_card, summary_metrics
+from lga_zoo.cards import published_family_results, render_card, summary_metrics
 from lga_zoo.hub import save_folder, untrained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_published_cards_registry_and_results_agree():
         assert entry.metrics == summary_metrics(results)
         card = (folder / "README.md").read_text()
         config = json.loads((folder / "config.json").read_text())
-        assert card == render_card(entry, results, config), (
+        assert card == render_card(entry, results, config, published_family_results(entry)), (
             f"{folder}/README.md is stale: run lga-zoo card {entry.name}"
         )
 
