@@ -27,6 +27,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .folder import remove_stale_temporaries
+
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
@@ -154,6 +156,28 @@ def _unpack_archive(archive: Path, dest: Path) -> Path:
     return folder
 
 
+def _read_cache(cached: Path) -> ImageArrays | None:
+    """The decoded split in ``cached``, or None (and the file removed, with a note) when it is damaged
+    or from an older version: the caller decodes the images again."""
+    import sys
+    import zipfile
+
+    try:
+        with np.load(cached, allow_pickle=False) as arrays:
+            if {"images", "labels", "name"} <= set(arrays.files):
+                images, labels, name = arrays["images"], arrays["labels"], str(arrays["name"])
+                if images.ndim == 4 and images.dtype == np.uint8 and len(images) == len(labels) > 0:
+                    return ImageArrays(images, labels, CIFAR10_CLASSES, name)
+        problem = "from an older version or incomplete"
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        problem = f"damaged ({type(err).__name__})"
+    print(
+        f"lga-zoo: the decoded-data cache {cached} is {problem}; decoding the images again", file=sys.stderr
+    )
+    cached.unlink(missing_ok=True)
+    return None
+
+
 def load_cifar10(data_dir: str | os.PathLike, split: str = "train") -> ImageArrays:
     """CIFAR-10 ``split`` (``train`` or ``test``) from ``data_dir`` in any accepted layout, decoded
     once into a cached ``.npz``."""
@@ -162,10 +186,12 @@ def load_cifar10(data_dir: str | os.PathLike, split: str = "train") -> ImageArra
     kind, source = _find_cifar_source(Path(data_dir).expanduser())
     cache_dir = cache_root() / f"cifar10-{_source_key(source)}"
     cached = cache_dir / f"{split}.npz"
+    remove_stale_temporaries(cache_dir)
+    remove_stale_temporaries(cache_dir.parent)
     if cached.exists():
-        with np.load(cached, allow_pickle=False) as arrays:
-            if {"images", "labels", "name"} <= set(arrays.files):  # else: an older cache, rebuilt below
-                return ImageArrays(arrays["images"], arrays["labels"], CIFAR10_CLASSES, str(arrays["name"]))
+        data = _read_cache(cached)
+        if data is not None:
+            return data
     if kind == "batches":
         data = _read_batches(source, split)
     else:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .data import CIFAR10_CLASSES, TensorBatches, load_cifar10
-from .folder import build_config, load_model_folder, write_model_folder
+from .folder import build_config, load_model_folder, remove_stale_temporaries, write_model_folder
 from .models import ExplainableClassifier, create_backbone
 from .recipe import Recipe, load_recipe
 from .regularizers import Regularizer, build_regularizer
@@ -286,6 +286,8 @@ def train(
     is_main = rank == 0
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+        remove_stale_temporaries(out / "model")
 
     torch.manual_seed(recipe.seed + rank)
     train_data = load_cifar10(data_dir, "train")

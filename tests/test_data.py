@@ -102,3 +102,48 @@ def test_imagenet100_list_and_folder_errors(tmp_path):
     assert all(w.startswith("n") and len(w) == 9 for w in wnids)
     with pytest.raises(DataError, match="lacks 100 of the 100"):
         imagenet100_folder(tmp_path, "train")
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(done.stdout)
+
+
+def test_a_damaged_cache_is_rebuilt_with_a_note(tiny_cifar, capsys):
+    from lga_zoo.data import _find_cifar_source, _source_key, cache_root, load_cifar10
+
+    first = load_cifar10(tiny_cifar, "test")
+    cached = cache_root() / f"cifar10-{_source_key(_find_cifar_source(tiny_cifar)[1])}" / "test.npz"
+    assert cached.is_file()
+    capsys.readouterr()
+    cached.write_bytes(b"PK\x03\x04 truncated zip")
+    again = load_cifar10(tiny_cifar, "test")
+    assert np.array_equal(first.images, again.images) and np.array_equal(first.labels, again.labels)
+    note = capsys.readouterr().err
+    assert "decoded-data cache" in note and "damaged" in note and str(cached) in note
+    with np.load(cached) as arrays:
+        assert np.array_equal(arrays["images"], first.images)
+
+
+def test_temporaries_of_killed_processes_are_removed(tmp_path):
+    import os
+
+    from lga_zoo.folder import remove_stale_temporaries
+
+    dead = _dead_pid()
+    stale = [tmp_path / f".checkpoint.pt.tmp{dead}", tmp_path / f"train.tmp{dead}.npz"]
+    for path in stale:
+        path.write_text("partial")
+    (tmp_path / f"unpacked.tmp{dead}").mkdir()
+    live = tmp_path / f".model.safetensors.tmp{os.getpid()}"
+    live.write_text("being written")
+    keep = tmp_path / "checkpoint.pt"
+    keep.write_text("real")
+    removed = remove_stale_temporaries(tmp_path)
+    assert len(removed) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, keep.name])
