@@ -24,7 +24,7 @@ METRIC_NAMES = {
     "mse": "MSE",
 }
 CARD_METRICS = ("topk", "kendall", "spearman", "cosine")
-DATASET_NAMES = {"cifar10": "CIFAR-10"}
+DATASET_NAMES = {"cifar10": "CIFAR-10", "imagenet100": "ImageNet-100", "folder": "an image folder"}
 
 
 def summary_metrics(results: dict[str, Any] | None) -> dict[str, float]:
@@ -304,6 +304,43 @@ lga-zoo train {entry.recipe} --data-dir DIR --out runs/{entry.name}
 
 {papers}
 """
+
+
+def entry_from_config(config: dict[str, Any], recipe_path: str | None = None) -> ZooEntry:
+    """A registry-shaped description of a model folder of one's own (no zoo entry, no pins), for its
+    card: everything comes from its ``config.json``."""
+    ours = config.get("lga_zoo", {})
+    recipe = ours.get("recipe", {})
+    regularizer = ours.get("regularizer", {"name": "none"})
+    cfg = config["pretrained_cfg"]
+    labels = config.get("label_names") or [str(i) for i in range(config["num_classes"])]
+    num_params = ours.get("num_params")
+    if num_params is None:
+        from .folder import model_from_config
+
+        num_params = sum(p.numel() for p in model_from_config(config).backbone.parameters())
+    init = recipe.get("init", "scratch")
+    return ZooEntry(
+        name=ours.get("name", "model"),
+        architecture=config["architecture"],
+        dataset=recipe.get("dataset", "cifar10"),
+        method=regularizer.get("name", "none"),
+        regularizer=regularizer,
+        recipe=recipe_path or f"{ours.get('name', 'recipe')}.yaml",
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        input_size=tuple(cfg["input_size"]),
+        interpolation=cfg.get("interpolation", "bilinear"),
+        crop_pct=cfg.get("crop_pct", 1.0),
+        classes=tuple(labels),
+        activation=ours.get("activation", "relu"),
+        softplus_beta=ours.get("softplus_beta", 20.0),
+        num_params=num_params,
+        license="apache-2.0",
+        papers=("Joo et al., Towards More Robust Interpretation via Local Gradient Alignment, AAAI 2023",),
+        hf_repo_id="",
+        base_model=f"timm/{config['architecture']}" if init == "pretrained" else None,
+    )
 
 
 def published_family_results(entry: ZooEntry) -> dict[str, dict[str, Any]]:

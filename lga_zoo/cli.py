@@ -141,7 +141,10 @@ def _publish(args: argparse.Namespace) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     for name in (WEIGHTS_NAME, CONFIG_NAME):
         shutil.copyfile(source / name, dest / name)
-    run_log = source.parent / LOG_NAME  # lga-zoo train writes OUT/log.jsonl beside OUT/model
+    # lga-zoo train writes OUT/log.jsonl beside the weights (older runs: OUT/model/ beside it)
+    run_log = next(
+        (p for p in (source / LOG_NAME, source.parent / LOG_NAME) if p.is_file()), source / LOG_NAME
+    )
     if run_log.is_file():
         shutil.copyfile(run_log, dest / TRAIN_LOG_NAME)
     weights = dest / WEIGHTS_NAME
@@ -160,6 +163,15 @@ def _push(args: argparse.Namespace) -> int:
     from .hub import model_card_dir, push
     from .registry import all_entries, get_entry, write_entries
 
+    own_folder = Path(args.name).expanduser()
+    if own_folder.is_dir():
+        if args.pin:
+            raise ValueError(
+                "--pin records a zoo model's revision; a folder of your own has no registry entry"
+            )
+        commit = push(own_folder, args.repo_id, token=args.token, private=args.private)
+        print(f"pushed {own_folder} to {args.repo_id} at commit {commit}")
+        return 0
     entry = get_entry(args.name)
     commit = push(
         args.folder or model_card_dir(args.name), args.repo_id, token=args.token, private=args.private
@@ -239,6 +251,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "lga-zoo evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if args.record_argv else None
     )
     is_zoo_name = args.model in list_models(pretrained=False)
+    own_folder = _own_model_folder(args.model)
     if args.publish and not is_zoo_name:
         raise ValueError(f"--publish writes a zoo model's card; {args.model!r} is not a zoo name")
     if args.publish and args.out:
@@ -247,6 +260,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         out = model_card_dir(args.model) / RESULTS_NAME
     elif args.out:
         out = Path(args.out)
+    elif own_folder is not None:
+        out = own_folder / RESULTS_NAME  # a folder of one's own: results and card beside the weights
     else:
         out = Path("runs") / "evaluate" / Path(args.model).name / RESULTS_NAME
     _make_parent(out)
@@ -275,9 +290,33 @@ def _evaluate(args: argparse.Namespace) -> int:
                 )
     if args.publish:
         _card(argparse.Namespace(name=args.model, results=None))
+    elif own_folder is not None and out == own_folder / RESULTS_NAME:
+        _folder_card(own_folder, results)
+        print(f"card refreshed: {own_folder / 'README.md'}")
     else:
         print("published files unchanged (add --publish to write the card, zoo.json and the leaderboard)")
     return 0
+
+
+def _own_model_folder(model: str) -> Path | None:
+    """``model`` as a folder of one's own (not one of the checkout's published ``model_cards/``),
+    else None."""
+    from .hub import checkout_root
+
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return None
+    published = (checkout_root() / "model_cards").resolve()
+    return None if folder.resolve().parent == published else folder
+
+
+def _folder_card(folder: Path, results: dict) -> None:
+    """Rewrite ``folder/README.md`` from its config.json and ``results``."""
+    from .cards import entry_from_config, render_card
+    from .folder import CARD_NAME, atomic_write_text, read_config
+
+    config = read_config(folder)
+    atomic_write_text(folder / CARD_NAME, render_card(entry_from_config(config), results, config))
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
@@ -337,11 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish", help="copy a trained model folder into model_cards/NAME and pin its sha256")
     p.add_argument("name")
-    p.add_argument("--from", dest="source", required=True, help="the run's model folder (runs/NAME/model)")
+    p.add_argument(
+        "--from", dest="source", required=True, help="the run's model folder (lga-zoo train's OUT)"
+    )
     p.set_defaults(func=_publish)
 
-    p = sub.add_parser("push", help="upload model_cards/NAME to the Hugging Face Hub")
-    p.add_argument("name")
+    p = sub.add_parser("push", help="upload model_cards/NAME, or a model folder, to the Hugging Face Hub")
+    p.add_argument("name", help="zoo name (uploads model_cards/NAME) or a model folder (lga-zoo train's OUT)")
     p.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
     p.add_argument("--folder", help="folder to push (default model_cards/NAME)")
     p.add_argument("--token", help="Hub token (default: the logged-in one)")
@@ -356,9 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_download)
 
     p = sub.add_parser("evaluate", help="accuracy and attribution robustness into a results JSON")
-    p.add_argument("model", help="zoo name or model folder")
-    p.add_argument("--data-dir", required=True, help="CIFAR-10 (any layout lga-zoo train accepts)")
-    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("model", help="zoo name or model folder (lga-zoo train's OUT)")
+    p.add_argument(
+        "--data-dir", required=True, help="the model's data set (any layout lga-zoo train accepts)"
+    )
+    p.add_argument("--split", help="split to measure (default: test for CIFAR-10, val or test for folders)")
     p.add_argument(
         "--n-images", type=_positive_int, default=1000, help="images for robustness and PGD (default 1000)"
     )

@@ -313,6 +313,13 @@ class TensorBatches:
         n = len(self._indices())
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def iterate(self, start_step: int = 0):
+        """The epoch's batches from ``start_step`` on; the skipped ones are replayed (cheap) so that
+        the augmentation draws match an uninterrupted epoch."""
+        for step, batch in enumerate(self):
+            if step >= start_step:
+                yield batch
+
     def __iter__(self):
         order = self._indices()
         aug_gen = torch.Generator().manual_seed(10_000 + self.seed * 1_000 + self.epoch * 7 + self.rank)

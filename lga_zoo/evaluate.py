@@ -22,6 +22,7 @@ import platform
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -340,7 +341,7 @@ def package_versions() -> dict[str, str]:
 def run_evaluation(
     name_or_path: str,
     data_dir: str,
-    split: str,
+    split: str | None,
     settings: EvalSettings,
     device: str | None = None,
     progress: bool = True,
@@ -352,21 +353,25 @@ def run_evaluation(
     ``on_partial``, if given, receives a results JSON over the robustness images done so far
     (``"complete": false``) after each batch, so a long run that is stopped still leaves its figures.
     """
-    from .data import load_cifar10
-    from .folder import WEIGHTS_NAME, sha256_of
+    from .datasets import eval_arrays
     from .hub import load
 
     torch.manual_seed(settings.seed)
     model = load(name_or_path)
-    data = load_cifar10(data_dir, split)
+    recipe = (getattr(model, "config", None) or {}).get("lga_zoo", {}).get("recipe", {})
+    dataset = recipe.get("dataset") or (model.entry.dataset if model.entry is not None else "cifar10")
+    data = eval_arrays(model, data_dir, split, dataset)
+    split = split or ("test" if dataset == "cifar10" else data.name.rsplit("(", 1)[-1].rstrip(")"))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    source = getattr(model, "source", "")
-    weights_sha = (
-        model.entry.sha256 if model.entry is not None and source.startswith(("checkout", "hub")) else None
+    source = getattr(model, "source", "") or ""
+    if source.startswith("folder:"):
+        source = f"folder:{Path(source[len('folder:') :]).name}"  # no machine paths in results
+    weights_sha = model.sha256
+    name = (
+        model.entry.name
+        if model.entry is not None
+        else model.config.get("lga_zoo", {}).get("name", str(name_or_path))
     )
-    if weights_sha is None and source.startswith("folder:"):
-        weights_sha = sha256_of(f"{source[len('folder:') :]}/{WEIGHTS_NAME}")
-    name = model.entry.name if model.entry is not None else str(name_or_path)
 
     def results_json(measured: dict[str, Any], complete: bool) -> dict[str, Any]:
         return {

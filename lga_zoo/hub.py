@@ -215,7 +215,7 @@ def load(
     if not entry.has_weights:
         raise WeightsError(
             f"{entry.name} has no published weights yet; train it with `lga-zoo train {entry.recipe} "
-            f"--data-dir DIR` and load the folder it writes (lga_zoo.load('runs/{entry.name}/model'))"
+            f"--data-dir DIR` and load the folder it writes (lga_zoo.load('runs/{entry.name}'))"
         )
     local = model_card_dir(entry.name)
     if revision in (None, entry.revision) and (local / WEIGHTS_NAME).is_file():

@@ -18,7 +18,7 @@ import yaml
 from .models import ACTIVATIONS
 from .regularizers import PERTURBATIONS, REGULARIZERS
 
-DATASETS = ("cifar10",)
+DATASETS = ("cifar10", "imagenet100", "folder")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "steps")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -71,9 +71,11 @@ class Recipe:
     name: str
     architecture: str
     init: str = "scratch"  # scratch | pretrained (timm weights) | path to one of our model folders
+    pretrained_file: str | None = None  # with init: pretrained, timm weights from this local file
     activation: str = "relu"
     softplus_beta: float = 20.0
-    dataset: str = "cifar10"
+    dataset: str = "cifar10"  # cifar10 | imagenet100 | folder (DATA_DIR/train/<class>, DATA_DIR/val/<class>)
+    input_size: list[int] | None = None  # [C, H, W]; default: the architecture's pretrained_cfg
     epochs: int = 1
     batch_size: int = 128
     optimizer: dict = field(
@@ -126,6 +128,27 @@ class Recipe:
             raise RecipeError(
                 f"init={self.init!r} must be 'scratch', 'pretrained' or a path to a model folder"
             )
+        if self.pretrained_file is not None:
+            if self.init != "pretrained":
+                raise RecipeError(
+                    f"pretrained_file={self.pretrained_file!r} needs init: pretrained (init is {self.init!r})"
+                )
+            if not isinstance(self.pretrained_file, str) or not self.pretrained_file.endswith(
+                (".safetensors", ".pth", ".bin")
+            ):
+                raise RecipeError(
+                    f"pretrained_file={self.pretrained_file!r} must be the path of a .safetensors (or .pth/.bin) file"
+                )
+        if self.input_size is not None:
+            size = self.input_size
+            if (
+                not isinstance(size, (list, tuple))
+                or len(size) != 3
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+                or size[0] not in (1, 3)
+            ):
+                raise RecipeError(f"input_size={size!r} must be [C, H, W] with C 1 or 3, e.g. [3, 64, 64]")
+            self.input_size = list(size)
 
         opt = dict(self.optimizer)
         _check_choice("optimizer.name", opt.get("name"), OPTIMIZERS)

@@ -6,18 +6,20 @@ backward of LGA and the Hessian baseline stays inside a single backward pass.
 
 Each epoch writes ``OUT/checkpoint.pt`` atomically (model, optimizer, scheduler, scaler, RNG states,
 epoch) and one JSON line to ``OUT/log.jsonl``; ``--resume`` continues from it. A non-finite loss
-stops the run and keeps the last good checkpoint. At the end ``OUT/model/`` holds
-``model.safetensors`` and ``config.json``.
+stops the run and keeps the last good checkpoint. At the end OUT is a model folder:
+``model.safetensors``, ``config.json`` and a ``README.md`` card, beside the checkpoint and the logs.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .data import CIFAR10_CLASSES, TensorBatches, load_cifar10
+from .datasets import TrainingData, dataset_classes, prepare_data
 from .folder import build_config, load_model_folder, remove_stale_temporaries, write_model_folder
 from .models import ExplainableClassifier, create_backbone
 from .recipe import Recipe, load_recipe
@@ -55,37 +57,83 @@ class LossStep(nn.Module):
         return out.loss, out.logits, out.parts
 
 
-def build_model(recipe: Recipe, num_classes: int, labels: tuple[str, ...]) -> ExplainableClassifier:
-    """The recipe's architecture, initialized from scratch, timm weights or one of our folders."""
-    if recipe.init not in ("scratch", "pretrained"):
-        model = load_model_folder(recipe.init)
-        if model.config["architecture"] != recipe.architecture:
-            raise ValueError(
-                f"init folder {recipe.init!r} holds a {model.config['architecture']}, "
-                f"but the recipe trains a {recipe.architecture}"
-            )
-        from .models import set_activation
+def pretrained_weights_error(recipe: Recipe, err: Exception) -> ValueError:
+    """A one-line error for timm weights that cannot be had (offline, nothing cached)."""
+    import timm
 
-        set_activation(model.backbone, recipe.activation, recipe.softplus_beta)
-        model.train()
-        return model
-    backbone = create_backbone(
-        recipe.architecture,
-        num_classes,
-        recipe.activation,
-        recipe.softplus_beta,
-        pretrained=recipe.init == "pretrained",
+    cfg = (
+        timm.models.get_pretrained_cfg(recipe.architecture)
+        if hasattr(timm.models, "get_pretrained_cfg")
+        else None
     )
+    hub_id = getattr(cfg, "hf_hub_id", None) or (cfg.get("hf_hub_id") if isinstance(cfg, dict) else None)
+    where = f"hf-hub:{hub_id}" if hub_id else f"timm's default weights of {recipe.architecture}"
+    return ValueError(
+        f"init: pretrained needs the timm weights of {recipe.architecture} ({where}), which could not be "
+        f"loaded ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'no details'}). "
+        "Offline (HF_HUB_OFFLINE=1) they must be in the Hugging Face cache: fetch them where the Hub is "
+        f"reachable (`huggingface-cli download {hub_id or 'timm/<model>'}`), or set `pretrained_file: "
+        "path/to/weights.safetensors` in the recipe."
+    )
+
+
+def build_backbone(recipe: Recipe, num_classes: int) -> nn.Module:
+    """The recipe's timm architecture with ``num_classes`` outputs: from scratch, or with timm's
+    pretrained weights (from the Hugging Face cache or the recipe's ``pretrained_file``; the
+    classifier is new when the class count differs). Fails before any data is read."""
+    kwargs: dict[str, Any] = {}
+    if recipe.pretrained_file:
+        weights = Path(recipe.pretrained_file).expanduser()
+        if not weights.is_file():
+            raise FileNotFoundError(f"pretrained_file {str(weights)!r} does not exist")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
+    try:
+        return create_backbone(
+            recipe.architecture,
+            num_classes,
+            recipe.activation,
+            recipe.softplus_beta,
+            pretrained=recipe.init == "pretrained",
+            **kwargs,
+        )
+    except (OSError, RuntimeError, ValueError) as err:
+        if recipe.init != "pretrained":
+            raise
+        raise pretrained_weights_error(recipe, err) from None
+
+
+def load_init_folder(recipe: Recipe, classes: tuple[str, ...]) -> ExplainableClassifier:
+    """``init: <model folder>``: one of our folders to fine-tune; it must hold the recipe's
+    architecture and the data set's classes."""
+    model = load_model_folder(recipe.init)
+    if model.config["architecture"] != recipe.architecture:
+        raise ValueError(
+            f"init folder {recipe.init!r} holds a {model.config['architecture']}, "
+            f"but the recipe trains a {recipe.architecture}"
+        )
+    if model.labels and tuple(model.labels) != tuple(classes):
+        raise ValueError(
+            f"init folder {recipe.init!r} has classes {model.labels[:5]}..., the data set {list(classes)[:5]}...: "
+            "fine-tune from a model of the same classes"
+        )
+    from .models import set_activation
+
+    set_activation(model.backbone, recipe.activation, recipe.softplus_beta)
+    return model.train()
+
+
+def wrap_for_data(backbone: nn.Module, data: TrainingData) -> ExplainableClassifier:
+    """The backbone as an :class:`ExplainableClassifier` with the data set's classes and geometry."""
     cfg = backbone.pretrained_cfg
     return ExplainableClassifier(
         backbone,
         mean=cfg["mean"],
         std=cfg["std"],
-        input_size=cfg.get("input_size", (3, 32, 32)),
-        labels=labels,
-        interpolation=cfg.get("interpolation", "bilinear"),
-        crop_pct=cfg.get("crop_pct", 1.0),
-    )
+        input_size=data.input_size,
+        labels=data.classes,
+        interpolation=data.interpolation,
+        crop_pct=data.crop_pct,
+    ).train()
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
@@ -130,6 +178,10 @@ RESUMABLE_CHANGES = ("epochs", "eval_every")
 
 def _check_same_recipe(saved: dict, current: dict, ckpt_path: Path) -> None:
     """A resumed run must use the recipe its checkpoint was made with (epochs may grow)."""
+    from dataclasses import fields as dataclass_fields
+
+    defaults = {f.name: f.default for f in dataclass_fields(Recipe) if not callable(f.default_factory)}
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}  # keys added later
     changed = sorted(
         k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
     )
@@ -150,7 +202,7 @@ def _rank_world() -> tuple[int, int, int]:
 @torch.no_grad()
 def evaluate_accuracy(
     model: nn.Module,
-    batches: TensorBatches,
+    batches: Iterable[tuple[Tensor, Tensor]],
     device: torch.device,
     channels_last: bool = False,
     world_size: int = 1,
@@ -254,6 +306,68 @@ class ProgressLog:
         self.window_images = 0
 
 
+def prepare_model_and_data(
+    recipe: Recipe, data_dir: str | os.PathLike, rank: int = 0, world_size: int = 1, workers: int = 0
+) -> tuple[ExplainableClassifier, TrainingData]:
+    """The model to train and its data: the classes are read first and the model built (so missing
+    pretrained weights fail before any image is decoded), then the batches."""
+    classes = dataset_classes(recipe, data_dir)
+    if recipe.init in ("scratch", "pretrained"):
+        backbone = build_backbone(recipe, len(classes))
+        data = prepare_data(recipe, data_dir, backbone.pretrained_cfg, rank, world_size, workers)
+        model = wrap_for_data(backbone, data)
+    else:
+        model = load_init_folder(recipe, classes)
+        data = prepare_data(recipe, data_dir, model.pretrained_cfg, rank, world_size, workers)
+    if len(data.train) == 0:
+        raise ValueError(
+            f"batch_size={recipe.batch_size} is larger than the {data.record['train_images']} training images"
+        )
+    return model, data
+
+
+def write_trained_folder(
+    model: ExplainableClassifier,
+    recipe: Recipe,
+    regularizer: Regularizer,
+    data: TrainingData,
+    out: Path,
+    test_acc: float,
+    world_size: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> Path:
+    """Write ``OUT/model.safetensors``, ``OUT/config.json`` and the ``OUT/README.md`` card: a model
+    folder that ``lga_zoo.load(OUT)`` reads, ``lga-zoo evaluate OUT`` measures and ``lga-zoo push
+    OUT`` uploads."""
+    from .cards import entry_from_config, render_card
+    from .folder import CARD_NAME, atomic_write_text
+
+    model_cpu = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
+    config = build_config(
+        model_cpu,
+        recipe.architecture,
+        recipe.activation,
+        recipe.softplus_beta,
+        extra={
+            "name": recipe.name,
+            "regularizer": regularizer.settings(),
+            "recipe": recipe.to_dict(),
+            "data": data.record,
+            "training": {
+                "epochs": recipe.epochs,
+                "final_test_acc": test_acc,
+                "world_size": world_size,
+                "device": device.type,
+                "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "none",
+            },
+        },
+    )
+    write_model_folder(model_cpu, config, out)
+    atomic_write_text(out / CARD_NAME, render_card(entry_from_config(config), None, config))
+    return out
+
+
 def train(
     recipe: Recipe,
     data_dir: str | os.PathLike,
@@ -263,9 +377,11 @@ def train(
     progress: bool = True,
     checkpoint_seconds: float = 600.0,
     progress_seconds: float = 60.0,
+    workers: int = 0,
 ) -> Path:
-    """Train ``recipe`` on the data in ``data_dir``, writing checkpoints, the log and the final model
-    folder under ``out``; returns the model folder (``out/model``).
+    """Train ``recipe`` on the data in ``data_dir``, writing checkpoints, the logs and, at the end,
+    the model folder itself into ``out`` (``model.safetensors``, ``config.json``, ``README.md``);
+    returns ``out``. ``workers`` decode folder images in that many processes.
 
     ``OUT/checkpoint.pt`` is written atomically at the end of every epoch and, within an epoch, every
     ``checkpoint_seconds``; a line of progress (images/s, loss terms, ETA) goes to ``OUT/progress.log``
@@ -287,37 +403,11 @@ def train(
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)
-        remove_stale_temporaries(out / "model")
 
     torch.manual_seed(recipe.seed + rank)
-    train_data = load_cifar10(data_dir, "train")
-    test_data = load_cifar10(data_dir, "test")
-    if recipe.max_train_images:
-        from .data import ImageArrays
-
-        # A seeded random subset: the arrays are ordered by class.
-        subset = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(recipe.seed))
-        subset = subset[: recipe.max_train_images].numpy()
-        train_data = ImageArrays(
-            train_data.images[subset], train_data.labels[subset], train_data.classes, train_data.name
-        )
-    train_batches = TensorBatches(
-        train_data,
-        recipe.batch_size,
-        shuffle=True,
-        augment=True,
-        seed=recipe.seed,
-        rank=rank,
-        world_size=world_size,
-        drop_last=True,
-    )
-    test_batches = TensorBatches(test_data, 500, rank=rank, world_size=world_size)
-    if len(train_batches) == 0:
-        raise ValueError(
-            f"batch_size={recipe.batch_size} is larger than the {len(train_data)} training images"
-        )
-
-    model = build_model(recipe, len(CIFAR10_CLASSES), CIFAR10_CLASSES).to(device)
+    model, data = prepare_model_and_data(recipe, data_dir, rank, world_size, workers)
+    model = model.to(device)
+    train_batches, test_batches = data.train, data.test
     use_cuda = device.type == "cuda"
     # channels_last helps convolutions on the GPU and with bf16 on the CPU (benchmarks/train_step.py).
     channels_last = recipe.channels_last
@@ -396,9 +486,7 @@ def train(
             dynamic_ncols=True,
             leave=False,
         )
-        for step_in_epoch, (x, y) in enumerate(train_batches):
-            if step_in_epoch < resumed_at:
-                continue  # replayed, not trained: the batches and augmentations stay the same
+        for step_in_epoch, (x, y) in enumerate(train_batches.iterate(resumed_at), start=resumed_at):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -462,36 +550,11 @@ def train(
                 log.write(json.dumps(record) + "\n")
             print(json.dumps(record), file=sys.stderr if progress else sys.stdout)
 
-    folder = out / "model"
     if is_main:
-        model_cpu = model.to("cpu", memory_format=torch.contiguous_format).eval()
-        config = build_config(
-            model_cpu,
-            recipe.architecture,
-            recipe.activation,
-            recipe.softplus_beta,
-            extra={
-                "name": recipe.name,
-                "regularizer": regularizer.settings(),
-                "recipe": recipe.to_dict(),
-                "data": {
-                    "name": train_data.name,
-                    "train_images": len(train_data),
-                    "test_images": len(test_data),
-                },
-                "training": {
-                    "epochs": recipe.epochs,
-                    "final_test_acc": test_acc,
-                    "world_size": world_size,
-                    "device": device.type,
-                    "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "none",
-                },
-            },
-        )
-        write_model_folder(model_cpu, config, folder)
+        write_trained_folder(model, recipe, regularizer, data, out, test_acc, world_size, device, amp_dtype)
     if world_size > 1:
         dist.barrier()
-    return folder
+    return out
 
 
 def _load_checkpoint(ckpt_path: Path, device: torch.device) -> dict:
@@ -511,7 +574,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument(
         "--data-dir",
         required=True,
-        help="CIFAR-10: cifar-10-batches-py, train/ and test/ class folders, or cifar10-jpeg.tar.gz",
+        help="cifar10: cifar-10-batches-py, train/ and test/ class folders, or cifar10-jpeg.tar.gz; "
+        "folder and imagenet100: DIR/train/<class>/* and DIR/val/<class>/*",
     )
     parser.add_argument("--out", help="output folder (default runs/<recipe name>)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -523,6 +587,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="processes decoding folder images (default 0: in the main one)"
+    )
     parser.add_argument(
         "--checkpoint-minutes",
         type=float,
@@ -551,6 +618,7 @@ def run_from_args(args: argparse.Namespace) -> Path:
         device=args.device,
         progress=not args.no_progress,
         checkpoint_seconds=args.checkpoint_minutes * 60,
+        workers=args.workers,
     )
     if _rank_world()[0] == 0:
         print(f"model folder: {folder}")

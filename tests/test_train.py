@@ -94,10 +94,10 @@ def test_train_writes_model_and_resume_matches_uninterrupted(tiny_cifar, tmp_pat
         train(recipe, tiny_cifar, tmp_path / "split", progress=False)
     monkeypatch.setattr(train_module, "_atomic_torch_save", real_save)
     assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["epoch"] == 1
-    assert not (tmp_path / "split" / "model").exists()
+    assert not (tmp_path / "split" / "model.safetensors").exists()
     train(recipe, tiny_cifar, tmp_path / "split", resume=True, progress=False)
-    full = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
-    split = load_file(str(tmp_path / "split" / "model" / "model.safetensors"))
+    full = load_file(str(tmp_path / "full" / "model.safetensors"))
+    split = load_file(str(tmp_path / "split" / "model.safetensors"))
     assert full.keys() == split.keys()
     for key in full:
         assert torch.equal(full[key], split[key]), key
@@ -172,7 +172,7 @@ def test_cli_train_and_torchrun_ddp_two_processes(tiny_cifar, tmp_path):
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    config = json.loads((tmp_path / "ddp" / "model" / "config.json").read_text())
+    config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["lga_zoo"]["training"]["world_size"] == 2
     log = json.loads((tmp_path / "ddp" / "log.jsonl").read_text().splitlines()[-1])
     assert 0.0 <= log["test_acc"] <= 1.0
@@ -231,8 +231,8 @@ def test_mid_epoch_checkpoint_resumes_to_the_same_weights(tiny_cifar, tmp_path, 
     ckpt = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (0, 2)
     train(recipe, tiny_cifar, tmp_path / "split", resume=True, progress=False, checkpoint_seconds=0)
-    full = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
-    split = load_file(str(tmp_path / "split" / "model" / "model.safetensors"))
+    full = load_file(str(tmp_path / "full" / "model.safetensors"))
+    split = load_file(str(tmp_path / "split" / "model.safetensors"))
     for key in full:
         assert torch.equal(full[key], split[key]), key
     logs = [
