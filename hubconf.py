@@ -57,6 +57,38 @@ def resnet18_cifar10_standard(pretrained: bool = True, **kwargs):
     return _load("resnet18_cifar10_standard", pretrained, **kwargs)
 
 
+def resnet18_imagenet100_standard(pretrained: bool = True, **kwargs):
+    """resnet18 (Softplus beta 3) on ImageNet-100 (224x224) trained from scratch with plain cross-entropy. GPU recipe, weights not published yet.
+
+    Recipe: recipes/resnet18_imagenet100_standard.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
+    """
+    return _load("resnet18_imagenet100_standard", pretrained, **kwargs)
+
+
+def resnet18_imagenet100_lga(pretrained: bool = True, **kwargs):
+    """resnet18 (Softplus beta 3) on ImageNet-100 (224x224) trained from scratch with LGA (eps=4/255, lambda_l2=1.0, lambda_cos=0.01). GPU recipe, weights not published yet.
+
+    Recipe: recipes/resnet18_imagenet100_lga.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
+    """
+    return _load("resnet18_imagenet100_lga", pretrained, **kwargs)
+
+
+def resnet18_imagenet100_hessian(pretrained: bool = True, **kwargs):
+    """resnet18 (Softplus beta 3) on ImageNet-100 (224x224) trained from scratch with the Hessian-norm baseline (lam=1e-3). GPU recipe, weights not published yet.
+
+    Recipe: recipes/resnet18_imagenet100_hessian.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
+    """
+    return _load("resnet18_imagenet100_hessian", pretrained, **kwargs)
+
+
+def resnet18_imagenet100_lga_pretrained(pretrained: bool = True, **kwargs):
+    """resnet18 (Softplus beta 3) on ImageNet-100: timm's ImageNet-1k weights fine-tuned with LGA for 10 epochs. GPU recipe, weights not published yet.
+
+    Recipe: recipes/resnet18_imagenet100_lga_pretrained.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
+    """
+    return _load("resnet18_imagenet100_lga_pretrained", pretrained, **kwargs)
+
+
 def resnet18_w16_cifar10_hessian(pretrained: bool = True, **kwargs):
     """resnet18_w16_cifar on CIFAR-10 trained with the `hessian` regularizer (lam=0.0001, fd_step=0.01). Fine-tuned from lga-zoo/resnet18_w16_cifar10_standard.
 

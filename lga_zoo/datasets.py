@@ -220,6 +220,9 @@ def prepare_data(
     data_config = resolve_input(recipe, backbone_cfg)
     train_transform, eval_transform = timm_transforms(data_config)
     train_files = ImageFiles(root / "train", classes, train_transform)
+    if recipe.max_train_images:
+        keep = torch.randperm(len(train_files), generator=torch.Generator().manual_seed(recipe.seed))
+        train_files.samples = [train_files.samples[i] for i in keep[: recipe.max_train_images].tolist()]
     eval_files = ImageFiles(root / eval_split, classes, eval_transform)
     common = {"seed": recipe.seed, "rank": rank, "world_size": world_size, "workers": workers}
     train = FolderBatches(train_files, recipe.batch_size, shuffle=True, drop_last=True, **common)

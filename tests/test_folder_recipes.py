@@ -192,3 +192,34 @@ def test_pretrained_offline_with_an_empty_cache_fails_before_training(tmp_path):
 def test_folder_recipe_values_are_checked(change, message):
     with pytest.raises(RecipeError, match=message):
         recipe_from_dict({**RECIPE, **change})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["standard", "lga", "hessian", "lga_pretrained"])
+def test_imagenet100_recipes_run_a_few_steps(kind, tmp_path):
+    """Each ImageNet-100 GPU recipe, as written (224x224, its regularizer and optimizer), for two
+    steps on a tiny generated ImageNet-100 folder (one image per class and split)."""
+    from lga_zoo.data import imagenet100_wnids
+    from lga_zoo.recipe import load_recipe
+    from lga_zoo.train import train
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for wnid in imagenet100_wnids():
+            folder = tmp_path / "in100" / split / wnid
+            folder.mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / "a.JPEG")
+    recipe = load_recipe(
+        Path(__file__).resolve().parents[1] / "recipes" / f"resnet18_imagenet100_{kind}.yaml"
+    )
+    recipe.epochs, recipe.batch_size, recipe.max_train_images = 1, 2, 4
+    if recipe.init == "pretrained":
+        weights = tmp_path / "resnet18.safetensors"
+        save_file(_timm_state_dict("resnet18", seed=1), str(weights))
+        recipe.pretrained_file = str(weights)
+    recipe.validate()
+    out = train(recipe, tmp_path / "in100", tmp_path / "out", progress=False)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and np.isfinite(log[0]["total"]) and 0 <= log[0]["test_acc"] <= 1
+    model = lga_zoo.load(out)
+    assert len(model.labels) == 100 and model.input_size == (3, 224, 224)
