@@ -70,6 +70,7 @@ class EvalSettings:
     similarities: tuple[str, ...] = SIMILARITIES
     batch_size: int = 100
     n_slow: int | None = None  # images for integrated_gradients, smoothgrad, boundary (default: all)
+    attack_amp: str = "none"  # "bf16": the attacks (not the maps) under bf16 autocast
     seed: int = 0
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -80,6 +81,8 @@ class EvalSettings:
         unknown = [a for a in self.attacks if a not in ATTACKS]
         if unknown:
             raise ValueError(f"unknown attacks {unknown}; accepted: {ATTACKS}")
+        if self.attack_amp not in ("none", "bf16"):
+            raise ValueError(f"attack_amp={self.attack_amp!r}; accepted: 'none', 'bf16'")
         if self.attack_map not in ("same", "grad"):
             raise ValueError(f"attack_map={self.attack_map!r}; accepted: 'same', 'grad'")
         for method in self.methods:
@@ -124,6 +127,12 @@ def attacked_map(method: str, settings: EvalSettings) -> str:
     return method if settings.attack_map == "same" and method in DIFFERENTIABLE_METHODS else "grad"
 
 
+def attack_precision(settings: EvalSettings, device: torch.device):
+    """bf16 autocast around the attacks when ``settings.attack_amp == "bf16"`` (the perturbed
+    inputs stay fp32 and inside the ball; every map and similarity is measured in fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.attack_amp == "bf16")
+
+
 def _attacked_inputs(
     model: nn.Module,
     x: Tensor,
@@ -136,7 +145,7 @@ def _attacked_inputs(
     if attack == "random":
         return [random_perturbation(x, settings.eps, generator) for _ in range(settings.random_draws)]
     attack_method = attacked_map(method, settings)
-    with softplus_activations(model, settings.softplus_beta):
+    with softplus_activations(model, settings.softplus_beta), attack_precision(settings, x.device):
         if attack == "targeted":
             x_adv = targeted_attribution_attack(
                 model,
@@ -236,7 +245,8 @@ def _evaluate(
             predicted = model(x).argmax(1)
         if "pgd" in settings.attacks:
             for norm, eps in (("linf", settings.pgd_linf_eps), ("l2", settings.pgd_l2_eps)):
-                x_adv = pgd(model, x, y, eps, norm=norm, steps=settings.pgd_steps)
+                with attack_precision(settings, device):
+                    x_adv = pgd(model, x, y, eps, norm=norm, steps=settings.pgd_steps)
                 with torch.no_grad():
                     pgd_correct[norm] += (model(x_adv).argmax(1) == y).sum().item()
         # Perturbed inputs by (attack, attacked map): methods that share the attacked map (all of

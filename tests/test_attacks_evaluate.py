@@ -232,3 +232,25 @@ def test_slow_methods_on_fewer_images_leave_the_gradient_figures_unchanged():
     ig = fewer["robustness"]["integrated_gradients"]
     assert ig["random"]["topk"]["n"] == 6 and ig["targeted"]["cosine"]["n"] == 6
     assert full["robustness"]["integrated_gradients"]["random"]["topk"]["n"] == 12
+
+
+def test_bf16_attacks_stay_in_the_ball_and_are_recorded(monkeypatch):
+    import lga_zoo.evaluate as evaluate_module
+
+    seen = []
+    real_attack = evaluate_module.targeted_attribution_attack
+
+    def recording_attack(model, x, *args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return real_attack(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "targeted_attribution_attack", recording_attack)
+    data = synthetic_data(4)
+    settings = EvalSettings(methods=("grad",), attacks=("targeted",), n_robustness=4, attack_steps=3,
+                            batch_size=4, attack_amp="bf16", similarities=("topk",))  # fmt: skip
+    results = evaluate(relu_cnn(), data, settings, progress=False)  # asserts x' stays in the ball
+    assert seen == [True]
+    assert settings.recorded()["attack_amp"] == "bf16"
+    assert 0 <= results["robustness"]["grad"]["targeted"]["topk"]["mean"] <= 1
+    with pytest.raises(ValueError, match="attack_amp='fp16'"):
+        EvalSettings(attack_amp="fp16")
