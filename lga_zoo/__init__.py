@@ -6,6 +6,7 @@ exp = model.explain(image)          # exp.attribution: (B, H, W) normalized map
 lga_zoo.list_models("*lga*")
 """
 
+from .compare import compare
 from .explanation import Explanation
 from .hub import load
 from .models import ExplainableClassifier, wrap
@@ -13,4 +14,13 @@ from .registry import get_entry, list_models
 
 __version__ = "0.1.0"
 
-__all__ = ["Explanation", "ExplainableClassifier", "get_entry", "list_models", "load", "wrap", "__version__"]
+__all__ = [
+    "Explanation",
+    "ExplainableClassifier",
+    "compare",
+    "get_entry",
+    "list_models",
+    "load",
+    "wrap",
+    "__version__",
+]

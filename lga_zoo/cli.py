@@ -320,6 +320,12 @@ def _folder_card(folder: Path, results: dict) -> None:
     atomic_write_text(folder / CARD_NAME, render_card(entry_from_config(config), results, config))
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_from_args
+
+    return run_from_args(args)
+
+
 def _leaderboard(args: argparse.Namespace) -> int:
     from .leaderboard import leaderboard_markdown
 
@@ -450,6 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_evaluate, record_argv=True)
+
+    p = sub.add_parser("demo", help="start the Gradio demo app (needs the demo extra)")
+    from .demo import add_arguments as demo_arguments
+
+    demo_arguments(p)
+    p.set_defaults(func=_demo)
 
     p = sub.add_parser("leaderboard", help="the zoo's results as a Markdown table (the README's zoo table)")
     p.set_defaults(func=_leaderboard)
