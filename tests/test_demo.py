@@ -137,6 +137,8 @@ def test_the_demo_in_a_real_browser(tmp_path):
         assert "ship" in summary and "0." in summary
         driver.save_screenshot(str(tmp_path / "demo.png"))
         assert (tmp_path / "demo.png").stat().st_size > 10_000
+        if os.environ.get("LGA_ZOO_DEMO_SCREENSHOT"):  # the README's picture is made this way
+            shutil.copyfile(tmp_path / "demo.png", os.environ["LGA_ZOO_DEMO_SCREENSHOT"])
     finally:
         if driver is not None:
             driver.quit()
