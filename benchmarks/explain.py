@@ -1,9 +1,12 @@
 """Milliseconds per image of model.explain() against calling captum directly, per method.
 
     python benchmarks/explain.py [--arch resnet18_w16_cifar] [--size 32] [--batches 1,64] [--repeats 3]
+    python benchmarks/explain.py --stability [--arch resnet18_cifar]
 
 Prints a Markdown table. The model is the architecture with random weights (speed does not depend
 on the weights); inputs are random pixels. CUDA rows are added when a GPU is present.
+``--stability`` instead times ``explain(stability=True)`` against plain ``explain()`` per method:
+what the stability score costs.
 """
 
 from __future__ import annotations
@@ -57,9 +60,13 @@ def main() -> None:
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--stability", action="store_true", help="time explain(stability=True) instead")
     args = parser.parse_args()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, arch {args.arch}, {args.size}px\n")
+    if args.stability:
+        stability_table(devices, args)
+        return
     print("| device | method | batch | explain() ms/img | captum ms/img | ratio |")
     print("|---|---|---:|---:|---:|---:|")
     for device in devices:
@@ -69,6 +76,34 @@ def main() -> None:
                 print(
                     f"| {device.type} | {method} | {batch} | {1000 * ours / batch:.2f} | "
                     f"{1000 * theirs / batch:.2f} | {ours / theirs:.3f} |",
+                    flush=True,
+                )
+
+
+def stability_costs(
+    model, x: torch.Tensor, method: str, repeats: int, device: torch.device
+) -> tuple[float, float]:
+    """Median seconds of explain() and of explain(stability=True) on the batch ``x``."""
+    kwargs = METHODS[method][0]
+    plain = timed(lambda: model.explain(x, method=method, **kwargs), repeats, device)
+    scored = timed(lambda: model.explain(x, method=method, stability=True, **kwargs), repeats, device)
+    return plain, scored
+
+
+def stability_table(devices: list[torch.device], args: argparse.Namespace) -> None:
+    print("| device | method | batch | explain() ms/img | explain(stability=True) ms/img | extra s/img |")
+    print("|---|---|---:|---:|---:|---:|")
+    for device in devices:
+        torch.manual_seed(0)
+        model = lga_zoo.wrap(create_backbone(args.arch, num_classes=10), input_size=(3, args.size, args.size))
+        model = model.to(device).eval()
+        for method in args.methods.split(","):
+            for batch in (int(b) for b in args.batches.split(",")):
+                x = torch.rand(batch, 3, args.size, args.size, device=device)
+                plain, scored = stability_costs(model, x, method, args.repeats, device)
+                print(
+                    f"| {device.type} | {method} | {batch} | {1000 * plain / batch:.1f} | "
+                    f"{1000 * scored / batch:.1f} | {(scored - plain) / batch:.3f} |",
                     flush=True,
                 )
 
