@@ -95,9 +95,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _card(args: argparse.Namespace) -> int:
-    from .cards import published_family_results, render_card, summary_metrics
-    from .folder import CARD_NAME, atomic_write_text, read_config
+    from .cards import family_of, summary_metrics
     from .hub import RESULTS_NAME, model_card_dir
+    from .leaderboard import update_readme_table
     from .registry import all_entries, get_entry, write_entries
 
     entry = get_entry(args.name)
@@ -107,18 +107,38 @@ def _card(args: argparse.Namespace) -> int:
     results = json.loads(results_path.read_text()) if results_path.is_file() else None
     if results is not None and results_path != folder / RESULTS_NAME:
         shutil.copyfile(results_path, folder / RESULTS_NAME)
-    config = read_config(folder) if (folder / "config.json").is_file() else None
     metrics = summary_metrics(results)
     if metrics != entry.metrics:
         entry = replace(entry, metrics=metrics)
         write_entries([entry if e.name == entry.name else e for e in all_entries()])
-    family_results = published_family_results(entry)
-    atomic_write_text(folder / CARD_NAME, render_card(entry, results, config, family_results))
-    print(
-        f"wrote {folder / CARD_NAME}"
-        + (f" ({len(metrics)} metrics from {results_path})" if results else " (no results yet)")
-    )
+    # The cards of a family compare its models, so every published sibling's card is redrawn too.
+    names = [entry.name] + [m.name for m in family_of(entry) if m.name != entry.name]
+    for name in names:
+        if name == entry.name or (model_card_dir(name) / "config.json").is_file():
+            path = write_published_card(name)
+            print(f"wrote {path.relative_to(model_card_dir(name).parents[1])}")
+    readme = update_readme_table()
+    if readme is not None:
+        print(f"updated the zoo table in {readme.name}")
     return 0
+
+
+def write_published_card(name: str) -> Path:
+    """Render ``model_cards/NAME/README.md`` from the registry, its results.json and config.json, and
+    its family's results."""
+    from .cards import published_family_results, render_card
+    from .folder import CARD_NAME, atomic_write_text, read_config
+    from .hub import RESULTS_NAME, model_card_dir
+    from .registry import get_entry
+
+    entry = get_entry(name)
+    folder = model_card_dir(name)
+    results = json.loads((folder / RESULTS_NAME).read_text()) if (folder / RESULTS_NAME).is_file() else None
+    config = read_config(folder) if (folder / "config.json").is_file() else None
+    atomic_write_text(
+        folder / CARD_NAME, render_card(entry, results, config, published_family_results(entry))
+    )
+    return folder / CARD_NAME
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -452,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--publish",
         action="store_true",
-        help="write model_cards/NAME/results.json, refresh the card and zoo.json's metrics (zoo names only)",
+        help="write model_cards/NAME/results.json, refresh its family's cards, zoo.json's metrics and the "
+        "README's zoo table (zoo names only)",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_evaluate, record_argv=True)

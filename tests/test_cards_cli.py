@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -104,6 +105,8 @@ def private_zoo(tmp_path, monkeypatch):
     zoo.write_text((REPO / "lga_zoo" / "zoo.json").read_text())
     monkeypatch.setattr(registry, "zoo_file", lambda: zoo)
     monkeypatch.setattr(hub, "model_card_dir", lambda name: tmp_path / "model_cards" / name)
+    (tmp_path / "README.md").write_text((REPO / "README.md").read_text())
+    monkeypatch.setattr(hub, "checkout_root", lambda: tmp_path)  # the zoo table of a private README
     registry.reload()
     yield zoo
     monkeypatch.undo()
@@ -177,3 +180,17 @@ def test_console_script_is_installed():
     assert all(name in done.stdout for name in registry.list_models(pretrained=False))
     entry = replace(registry.get_entry(NAME))
     assert entry.name in done.stdout
+
+
+def test_a_card_refresh_redraws_the_family_and_the_readme_table(private_zoo, tmp_path):
+    for name in ("resnet18_w16_cifar10_standard", "resnet18_w16_cifar10_lga"):
+        shutil.copytree(REPO / "model_cards" / name, tmp_path / "model_cards" / name)
+    results_path = tmp_path / "model_cards" / "resnet18_w16_cifar10_lga" / "results.json"
+    results = json.loads(results_path.read_text())
+    results["accuracy"]["clean"] = 0.4321
+    results_path.write_text(json.dumps(results))
+    assert cli.main(["card", "resnet18_w16_cifar10_lga"]) == 0
+    sibling = (tmp_path / "model_cards" / "resnet18_w16_cifar10_standard" / "README.md").read_text()
+    assert "| **resnet18_w16_cifar10_standard** |" in sibling and "43.21%" in sibling
+    assert "43.21%" in (tmp_path / "README.md").read_text()
+    assert "43.21%" not in (REPO / "README.md").read_text()
