@@ -81,6 +81,10 @@ class EvalSettings:
         unknown = [a for a in self.attacks if a not in ATTACKS]
         if unknown:
             raise ValueError(f"unknown attacks {unknown}; accepted: {ATTACKS}")
+        if self.n_slow is not None and (
+            isinstance(self.n_slow, bool) or not isinstance(self.n_slow, int) or self.n_slow < 1
+        ):
+            raise ValueError(f"n_slow={self.n_slow!r} must be None or an integer >= 1")
         if self.attack_amp not in ("none", "bf16"):
             raise ValueError(f"attack_amp={self.attack_amp!r}; accepted: 'none', 'bf16'")
         if self.attack_map not in ("same", "grad"):
@@ -251,9 +255,18 @@ def _evaluate(
                     pgd_correct[norm] += (model(x_adv).argmax(1) == y).sum().item()
         # Perturbed inputs by (attack, attacked map): methods that share the attacked map (all of
         # them with attack_map="grad", and every method for random noise) are measured on the same x'.
+        # Each shared x' is made once, for the most images any method sharing it measures, so the
+        # figures do not depend on the order of the methods or on n_slow.
+        counts = {m: min(len(x), max(0, settings.images_for(m) - start)) for m in settings.methods}
+        needed: dict[tuple[str, str], int] = {}
+        for method in settings.methods:
+            for attack in settings.attacks:
+                if attack != "pgd":
+                    key = (attack, "-" if attack == "random" else attacked_map(method, settings))
+                    needed[key] = max(needed.get(key, 0), counts[method])
         perturbed_cache: dict[tuple[str, str], list[Tensor]] = {}
         for method in settings.methods:
-            count = min(len(x), max(0, settings.images_for(method) - start))
+            count = counts[method]
             if count == 0:
                 continue  # a slow method measured on the first images only
             x_m, predicted_m = x[:count], predicted[:count]
@@ -262,9 +275,10 @@ def _evaluate(
                 if attack == "pgd":
                     continue
                 key = (attack, "-" if attack == "random" else attacked_map(method, settings))
-                if key not in perturbed_cache or len(perturbed_cache[key][0]) < count:
+                if key not in perturbed_cache:
+                    n = needed[key]
                     perturbed_cache[key] = _attacked_inputs(
-                        model, x_m, predicted_m, method, attack, settings, generator
+                        model, x[:n], predicted[:n], method, attack, settings, generator
                     )
                 perturbed = [x_prime[:count] for x_prime in perturbed_cache[key]]
                 draws = []
@@ -366,7 +380,6 @@ def run_evaluation(
     from .datasets import eval_arrays
     from .hub import load
 
-    torch.manual_seed(settings.seed)
     model = load(name_or_path)
     recipe = (getattr(model, "config", None) or {}).get("lga_zoo", {}).get("recipe", {})
     dataset = recipe.get("dataset") or (model.entry.dataset if model.entry is not None else "cifar10")

@@ -232,6 +232,15 @@ def test_slow_methods_on_fewer_images_leave_the_gradient_figures_unchanged():
     ig = fewer["robustness"]["integrated_gradients"]
     assert ig["random"]["topk"]["n"] == 6 and ig["targeted"]["cosine"]["n"] == 6
     assert full["robustness"]["integrated_gradients"]["random"]["topk"]["n"] == 12
+    # The same figures whichever method comes first.
+    ig_first = evaluate(
+        relu_cnn(), data, EvalSettings(**{**common, "methods": ("ig", "grad")}, n_slow=6), progress=False
+    )
+    assert json.dumps(ig_first["robustness"], sort_keys=True) == json.dumps(
+        fewer["robustness"], sort_keys=True
+    )
+    with pytest.raises(ValueError, match="n_slow=0"):
+        EvalSettings(n_slow=0)
 
 
 def test_bf16_attacks_stay_in_the_ball_and_are_recorded(monkeypatch):
