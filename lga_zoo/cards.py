@@ -306,6 +306,17 @@ lga-zoo train {entry.recipe} --data-dir DIR --out runs/{entry.name}
 """
 
 
+def _base_model(init_record: dict[str, Any], init: str) -> str | None:
+    """The Hub id a model of one's own was fine-tuned from, when there is one (timm weights or a zoo
+    model); a local file or a folder of one's own has none."""
+    weights = init_record.get("weights")
+    if init == "pretrained" and isinstance(weights, str) and "/" in weights:
+        return weights
+    if init_record.get("zoo_name"):
+        return f"lga-zoo/{init_record['zoo_name']}"
+    return None
+
+
 def entry_from_config(config: dict[str, Any], recipe_path: str | None = None) -> ZooEntry:
     """A registry-shaped description of a model folder of one's own (no zoo entry, no pins), for its
     card: everything comes from its ``config.json``."""
@@ -339,7 +350,7 @@ def entry_from_config(config: dict[str, Any], recipe_path: str | None = None) ->
         license="apache-2.0",
         papers=("Joo et al., Towards More Robust Interpretation via Local Gradient Alignment, AAAI 2023",),
         hf_repo_id="",
-        base_model=f"timm/{config['architecture']}" if init == "pretrained" else None,
+        base_model=_base_model(ours.get("init", {}), init),
     )
 
 

@@ -16,6 +16,7 @@ and replaced by the next image, so a bad file never stops a run.
 from __future__ import annotations
 
 import os
+import random
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -60,8 +61,11 @@ class ImageFiles(torch.utils.data.Dataset):
     applied to the RGB PIL image. Unreadable files are reported by path (once) and replaced by the
     next readable file of the list."""
 
-    def __init__(self, root: Path, classes: tuple[str, ...], transform=None):
+    def __init__(self, root: Path, classes: tuple[str, ...], transform=None, seed: int | None = None):
         self.root, self.classes, self.transform = root, classes, transform
+        # With a seed, the random transform of sample i in epoch e draws from a generator seeded by
+        # (seed, e, i) alone: the same augmentation whatever the worker, the batch or a resume.
+        self.seed, self.epoch = seed, 0
         suffixes = IMAGE_SUFFIXES + EXTRA_SUFFIXES
         self.samples: list[tuple[Path, int]] = []
         for label, name in enumerate(classes):
@@ -90,12 +94,27 @@ class ImageFiles(torch.utils.data.Dataset):
                 print(f"lga-zoo: skipping unreadable image {path} ({type(err).__name__})", file=sys.stderr)
             return None
 
+    def _transformed(self, image: Image.Image, index: int) -> Any:
+        if self.transform is None:
+            return image
+        if self.seed is None:
+            return self.transform(image)
+        sample_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
+        python_state = random.getstate()  # timm's crops draw from Python's random, flips from torch
+        try:
+            with torch.random.fork_rng(devices=[]):
+                random.seed(sample_seed)
+                torch.manual_seed(sample_seed % (2**63))
+                return self.transform(image)
+        finally:
+            random.setstate(python_state)
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
         for offset in range(len(self.samples)):
             path, label = self.samples[(index + offset) % len(self.samples)]
             image = self._open(path)
             if image is not None:
-                return (self.transform(image) if self.transform else image), label
+                return self._transformed(image, index), label
         raise DataError(f"no image under {str(self.root)!r} can be read")
 
 
@@ -120,6 +139,7 @@ class FolderBatches:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.files.epoch = epoch
 
     def _order(self) -> list[list[int]]:
         n = len(self.files)
@@ -143,10 +163,7 @@ class FolderBatches:
         batches = self._order()[start_step:]
         if not batches:
             return iter(())
-        generator = torch.Generator().manual_seed(20_000 + self.seed * 1_000 + self.epoch * 7 + start_step)
-        loader = torch.utils.data.DataLoader(
-            self.files, batch_sampler=batches, num_workers=self.workers, generator=generator
-        )
+        loader = torch.utils.data.DataLoader(self.files, batch_sampler=batches, num_workers=self.workers)
         return ((x, torch.as_tensor(y)) for x, y in loader)
 
     def __iter__(self):
@@ -219,7 +236,7 @@ def prepare_data(
     eval_split = eval_split_name(root)
     data_config = resolve_input(recipe, backbone_cfg)
     train_transform, eval_transform = timm_transforms(data_config)
-    train_files = ImageFiles(root / "train", classes, train_transform)
+    train_files = ImageFiles(root / "train", classes, train_transform, seed=recipe.seed)
     if recipe.max_train_images:
         keep = torch.randperm(len(train_files), generator=torch.Generator().manual_seed(recipe.seed))
         train_files.samples = [train_files.samples[i] for i in keep[: recipe.max_train_images].tolist()]

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .datasets import TrainingData, dataset_classes, prepare_data
-from .folder import build_config, load_model_folder, remove_stale_temporaries, write_model_folder
+from .folder import build_config, remove_stale_temporaries, write_model_folder
 from .models import ExplainableClassifier, create_backbone
 from .recipe import Recipe, load_recipe
 from .regularizers import Regularizer, build_regularizer
@@ -102,10 +102,27 @@ def build_backbone(recipe: Recipe, num_classes: int) -> nn.Module:
         raise pretrained_weights_error(recipe, err) from None
 
 
+def resolve_init_folder(init: str) -> Path:
+    """``init: <model folder>`` as a path: relative paths are read from the working directory, then
+    from the lga-zoo checkout (``model_cards/NAME`` in the shipped recipes)."""
+    from .hub import checkout_root
+
+    for candidate in (Path(init).expanduser(), checkout_root() / init):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"init folder {init!r} does not exist (read from the working directory and from the lga-zoo "
+        "checkout); it must hold model.safetensors and config.json"
+    )
+
+
 def load_init_folder(recipe: Recipe, classes: tuple[str, ...]) -> ExplainableClassifier:
-    """``init: <model folder>``: one of our folders to fine-tune; it must hold the recipe's
-    architecture and the data set's classes."""
-    model = load_model_folder(recipe.init)
+    """``init: <model folder>``: one of our folders to fine-tune, loaded like ``lga_zoo.load`` (a zoo
+    model's folder is checked against its sha256 pins); it must hold the recipe's architecture and
+    the data set's classes."""
+    from .hub import load
+
+    model = load(resolve_init_folder(recipe.init))
     if model.config["architecture"] != recipe.architecture:
         raise ValueError(
             f"init folder {recipe.init!r} holds a {model.config['architecture']}, "
@@ -119,6 +136,8 @@ def load_init_folder(recipe: Recipe, classes: tuple[str, ...]) -> ExplainableCla
     from .models import set_activation
 
     set_activation(model.backbone, recipe.activation, recipe.softplus_beta)
+    model.init_record = {"kind": "folder", "folder": recipe.init, "sha256": model.sha256,
+                         "zoo_name": model.entry.name if model.entry is not None else None}  # fmt: skip
     return model.train()
 
 
@@ -178,6 +197,7 @@ RESUMABLE_CHANGES = ("epochs", "eval_every")
 
 def _check_same_recipe(saved: dict, current: dict, ckpt_path: Path) -> None:
     """A resumed run must use the recipe its checkpoint was made with (epochs may grow)."""
+    current = json.loads(json.dumps(current))  # tuples become lists, as in the saved copy
     from dataclasses import fields as dataclass_fields
 
     defaults = {f.name: f.default for f in dataclass_fields(Recipe) if not callable(f.default_factory)}
@@ -316,9 +336,23 @@ def prepare_model_and_data(
         backbone = build_backbone(recipe, len(classes))
         data = prepare_data(recipe, data_dir, backbone.pretrained_cfg, rank, world_size, workers)
         model = wrap_for_data(backbone, data)
+        model.init_record = {"kind": recipe.init}
+        if recipe.init == "pretrained":
+            model.init_record["weights"] = (
+                Path(recipe.pretrained_file).name
+                if recipe.pretrained_file
+                else backbone.pretrained_cfg.get("hf_hub_id")
+            )
     else:
         model = load_init_folder(recipe, classes)
         data = prepare_data(recipe, data_dir, model.pretrained_cfg, rank, world_size, workers)
+        geometry = (tuple(data.input_size), data.interpolation, data.crop_pct)
+        if (tuple(model.input_size), model.interpolation, model.crop_pct) != geometry:
+            raise ValueError(
+                f"init folder {recipe.init!r} takes input {list(model.input_size)} ({model.interpolation}, "
+                f"crop_pct {model.crop_pct}) but the recipe's data is {list(data.input_size)} "
+                f"({data.interpolation}, crop_pct {data.crop_pct}); set input_size to the folder's"
+            )
     if len(data.train) == 0:
         raise ValueError(
             f"batch_size={recipe.batch_size} is larger than the {data.record['train_images']} training images"
@@ -353,6 +387,7 @@ def write_trained_folder(
             "name": recipe.name,
             "regularizer": regularizer.settings(),
             "recipe": recipe.to_dict(),
+            "init": getattr(model, "init_record", {"kind": recipe.init}),
             "data": data.record,
             "training": {
                 "epochs": recipe.epochs,
@@ -368,6 +403,153 @@ def write_trained_folder(
     return out
 
 
+@dataclass
+class Run:
+    """Everything a training run carries from step to step, and checkpoints."""
+
+    recipe: Recipe
+    model: ExplainableClassifier
+    step_module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    noise_gen: torch.Generator
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    rank: int = 0
+    world_size: int = 1
+
+
+def build_run(recipe: Recipe, model: ExplainableClassifier, regularizer: Regularizer, steps_per_epoch: int,
+              device: torch.device, rank: int, world_size: int) -> Run:  # fmt: skip
+    """Model on its device and memory format, the loss module (DDP-wrapped under torchrun), the
+    optimizer, the learning-rate schedule, the grad scaler and the regularizer's noise generator."""
+    model = model.to(device)
+    # channels_last helps convolutions on the GPU and with bf16 on the CPU (benchmarks/train_step.py).
+    if recipe.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_module: nn.Module = LossStep(model, regularizer)
+    if world_size > 1:
+        step_module = nn.parallel.DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = build_optimizer(recipe, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(recipe, s, steps_per_epoch))
+    amp_dtype = amp_dtype_for(recipe, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    noise_gen = torch.Generator(device=device).manual_seed(recipe.seed * 1000 + rank)
+    return Run(recipe, model, step_module, optimizer, scheduler, scaler, noise_gen, device, amp_dtype,
+               recipe.channels_last, rank, world_size)  # fmt: skip
+
+
+def _rng_states(run: Run) -> list[dict[str, Tensor]]:
+    """Every rank's random states (the global CPU generator and the regularizer's noise), by rank."""
+    mine = {"cpu": torch.get_rng_state(), "noise": run.noise_gen.get_state().cpu()}
+    if run.world_size == 1:
+        return [mine]
+    gathered: list[Any] = [None] * run.world_size
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
+def save_checkpoint(run: Run, path: Path, epochs_done: int, step_in_epoch: int, tally: EpochTally) -> None:
+    """Write the run's state atomically (rank 0 writes; every rank must call it under DDP)."""
+    rng = _rng_states(run)
+    if run.rank != 0:
+        return
+    _atomic_torch_save(
+        {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "rng": rng,
+            "world_size": run.world_size,
+            "epoch": epochs_done,
+            "step_in_epoch": step_in_epoch,
+            "tally": json.dumps(asdict(tally)),
+            "recipe": json.dumps(run.recipe.to_dict()),
+        },
+        path,
+    )
+
+
+def restore_checkpoint(run: Run, path: Path) -> tuple[int, int, EpochTally]:
+    """Load ``path`` into the run; returns (epochs done, steps done in the next epoch, its tally)."""
+    ckpt = _load_checkpoint(path, run.device)
+    _check_same_recipe(json.loads(ckpt["recipe"]), run.recipe.to_dict(), path)
+    saved_world = int(ckpt.get("world_size", 1))
+    if saved_world != run.world_size:
+        raise ValueError(
+            f"cannot resume {path}: it was written by {saved_world} process(es), this run has {run.world_size}; "
+            "resume with the same number of processes"
+        )
+    if ckpt["epoch"] > run.recipe.epochs:
+        raise ValueError(
+            f"cannot resume {path}: it has trained {ckpt['epoch']} epochs, more than the {run.recipe.epochs} asked for"
+        )
+    run.model.load_state_dict(ckpt["model"], strict=True)
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    # Checkpoints written before per-rank states held rank 0's states as cpu_rng / noise_rng.
+    states = ckpt.get("rng") or [{"cpu": ckpt["cpu_rng"], "noise": ckpt["noise_rng"]}]
+    torch.set_rng_state(states[run.rank]["cpu"])
+    run.noise_gen.set_state(states[run.rank]["noise"].cpu())
+    step = int(ckpt.get("step_in_epoch", 0))
+    tally = EpochTally(**json.loads(ckpt["tally"])) if step else EpochTally()
+    return int(ckpt["epoch"]), step, tally
+
+
+def _time_to_checkpoint(run: Run, last_save: float, every_seconds: float) -> bool:
+    """Rank 0's clock decides, so that every rank checkpoints at the same step."""
+    due = time.time() - last_save >= every_seconds
+    if run.world_size == 1:
+        return due
+    flag = torch.tensor([int(due)], device=run.device)
+    dist.broadcast(flag, 0)
+    return bool(flag.item())
+
+
+def train_step(
+    run: Run, x: Tensor, y: Tensor, epoch: int, ckpt_path: Path
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One optimizer step on (x, y); returns the logits and the loss parts."""
+    x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+    if run.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(
+        run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None
+    ):
+        loss, logits, parts = run.step_module(x, y, run.noise_gen)
+    if not torch.isfinite(loss):
+        kept = (
+            f"the last good checkpoint {ckpt_path} is kept"
+            if ckpt_path.is_file()
+            else "no checkpoint was written yet"
+        )
+        raise TrainingDiverged(
+            f"loss became {loss.item()} at epoch {epoch + 1} (parts: "
+            f"{ {k: round(v.item(), 4) for k, v in parts.items()} }); {kept}. "
+            "Lower the learning rate or the regularizer's lambdas."
+        )
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    return logits, parts
+
+
+def _last_test_accuracy(out: Path) -> float:
+    log = out / LOG_NAME
+    records = (
+        [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    )
+    return next((r["test_acc"] for r in reversed(records) if "test_acc" in r), float("nan"))
+
+
 def train(
     recipe: Recipe,
     data_dir: str | os.PathLike,
@@ -378,6 +560,7 @@ def train(
     checkpoint_seconds: float = 600.0,
     progress_seconds: float = 60.0,
     workers: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Train ``recipe`` on the data in ``data_dir``, writing checkpoints, the logs and, at the end,
     the model folder itself into ``out`` (``model.safetensors``, ``config.json``, ``README.md``);
@@ -387,14 +570,17 @@ def train(
     ``checkpoint_seconds``; a line of progress (images/s, loss terms, ETA) goes to ``OUT/progress.log``
     every ``progress_seconds``. ``resume=True`` continues from it (mid-epoch too, with the same batches
     and random draws as an uninterrupted run). Without ``resume`` a folder that already holds a run is
-    refused rather than overwritten.
+    refused rather than overwritten, unless ``overwrite=True`` (which starts afresh).
     """
     rank, world_size, local_rank = _rank_world()
     out = Path(out)
+    if overwrite and resume:
+        raise ValueError("--overwrite starts afresh and --resume continues: choose one")
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    _guard_existing_run(out, resume)
+    if not overwrite:
+        _guard_existing_run(out, resume)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
@@ -403,77 +589,43 @@ def train(
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out)
+        if overwrite:
+            for name in (CHECKPOINT_NAME, LOG_NAME, PROGRESS_NAME):
+                (out / name).unlink(missing_ok=True)
 
     torch.manual_seed(recipe.seed + rank)
     model, data = prepare_model_and_data(recipe, data_dir, rank, world_size, workers)
-    model = model.to(device)
-    train_batches, test_batches = data.train, data.test
-    use_cuda = device.type == "cuda"
-    # channels_last helps convolutions on the GPU and with bf16 on the CPU (benchmarks/train_step.py).
-    channels_last = recipe.channels_last
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
     regularizer = build_regularizer(
         recipe.regularizer["name"], label_smoothing=recipe.label_smoothing, **recipe.regularizer_params()
     )
-    step_module: nn.Module = LossStep(model, regularizer)
-    if world_size > 1:
-        step_module = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[device.index] if use_cuda else None
-        )
-    optimizer = build_optimizer(recipe, model)
-    steps_per_epoch = len(train_batches)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(recipe, s, steps_per_epoch))
-    amp_dtype = amp_dtype_for(recipe, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    noise_gen = torch.Generator(device=device).manual_seed(recipe.seed * 1000 + rank)
+    steps_per_epoch = len(data.train)
+    run = build_run(recipe, model, regularizer, steps_per_epoch, device, rank, world_size)
 
     start_epoch, start_step, tally = 0, 0, EpochTally()
     ckpt_path = out / CHECKPOINT_NAME
     if resume and ckpt_path.is_file():
-        ckpt = _load_checkpoint(ckpt_path, device)
-        _check_same_recipe(json.loads(ckpt["recipe"]), recipe.to_dict(), ckpt_path)
-        model.load_state_dict(ckpt["model"], strict=True)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["cpu_rng"])
-        noise_gen.set_state(ckpt["noise_rng"].cpu())
-        start_epoch = ckpt["epoch"]
-        start_step = int(ckpt.get("step_in_epoch", 0))
-        if start_step:
-            tally = EpochTally(**json.loads(ckpt["tally"]))
+        start_epoch, start_step, tally = restore_checkpoint(run, ckpt_path)
         if is_main:
             where = f"epoch {start_epoch}" + (f" and step {start_step} of the next" if start_step else "")
             print(f"resumed from {ckpt_path} after {where}", file=sys.stderr)
+        if start_epoch == recipe.epochs and (out / "model.safetensors").is_file():
+            if is_main:
+                print(
+                    f"{out} already holds the finished run ({recipe.epochs} epochs); nothing to train",
+                    file=sys.stderr,
+                )
+            return out
     elif resume and is_main:
         print(f"--resume: no checkpoint at {ckpt_path}; starting from epoch 0", file=sys.stderr)
-
-    def save_checkpoint(epochs_done: int, step_in_epoch: int, tally: EpochTally) -> None:
-        _atomic_torch_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "cpu_rng": torch.get_rng_state(),
-                "noise_rng": noise_gen.get_state(),
-                "epoch": epochs_done,
-                "step_in_epoch": step_in_epoch,
-                "tally": json.dumps(asdict(tally)),
-                "recipe": json.dumps(recipe.to_dict()),
-            },
-            ckpt_path,
-        )
 
     progress_log = ProgressLog(
         out / PROGRESS_NAME if is_main else None, recipe.epochs * steps_per_epoch, progress_seconds
     )
-    test_acc = float("nan")
+    test_acc = _last_test_accuracy(out) if start_epoch == recipe.epochs else float("nan")
     last_save = time.time()
     for epoch in range(start_epoch, recipe.epochs):
-        model.train()
-        train_batches.set_epoch(epoch)
+        run.model.train()
+        data.train.set_epoch(epoch)
         if epoch > start_epoch or not start_step:
             tally = EpochTally()
         resumed_at = start_step if epoch == start_epoch else 0
@@ -486,29 +638,9 @@ def train(
             dynamic_ncols=True,
             leave=False,
         )
-        for step_in_epoch, (x, y) in enumerate(train_batches.iterate(resumed_at), start=resumed_at):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss, logits, parts = step_module(x, y, noise_gen)
-            if not torch.isfinite(loss):
-                kept = (
-                    f"the last good checkpoint {ckpt_path} is kept"
-                    if ckpt_path.is_file()
-                    else "no checkpoint was written yet"
-                )
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch + 1} (parts: "
-                    f"{ {k: round(v.item(), 4) for k, v in parts.items()} }); {kept}. "
-                    "Lower the learning rate or the regularizer's lambdas."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            tally.add(parts, logits, y)
+        for step_in_epoch, (x, y) in enumerate(data.train.iterate(resumed_at), start=resumed_at):
+            logits, parts = train_step(run, x, y, epoch, ckpt_path)
+            tally.add(parts, logits, y.to(logits.device))
             bar.update(1)
             bar.set_postfix(
                 {
@@ -516,19 +648,12 @@ def train(
                     "acc": f"{tally.correct / tally.seen:.3f}",
                 }
             )
-            progress_log.step(
-                epoch * steps_per_epoch + step_in_epoch + 1,
-                epoch,
-                recipe.epochs,
-                tally,
-                steps_per_epoch,
-                len(y) * world_size,
-            )
+            progress_log.step(epoch * steps_per_epoch + step_in_epoch + 1, epoch, recipe.epochs, tally,
+                              steps_per_epoch, len(y) * world_size)  # fmt: skip
             done_in_epoch = step_in_epoch + 1
-            if done_in_epoch < steps_per_epoch and time.time() - last_save >= checkpoint_seconds:
+            if done_in_epoch < steps_per_epoch and _time_to_checkpoint(run, last_save, checkpoint_seconds):
                 tally.seconds = time.time() - started
-                if is_main:
-                    save_checkpoint(epoch, done_in_epoch, tally)
+                save_checkpoint(run, ckpt_path, epoch, done_in_epoch, tally)
                 last_save = time.time()
         bar.close()
         seconds = time.time() - started
@@ -536,22 +661,24 @@ def train(
             "epoch": epoch + 1,
             **tally.means(),
             "train_acc": tally.correct / tally.seen,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": run.optimizer.param_groups[0]["lr"],
             "seconds": round(seconds, 1),
             "images_per_second": round(tally.seen * world_size / max(seconds, 1e-9), 1),
         }
         if (epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs:
-            test_acc = evaluate_accuracy(model, test_batches, device, channels_last, world_size)
+            test_acc = evaluate_accuracy(run.model, data.test, device, run.channels_last, world_size)
             record["test_acc"] = test_acc
+        save_checkpoint(run, ckpt_path, epoch + 1, 0, EpochTally())
+        last_save = time.time()
         if is_main:
-            save_checkpoint(epoch + 1, 0, EpochTally())
-            last_save = time.time()
             with open(out / LOG_NAME, "a") as log:
                 log.write(json.dumps(record) + "\n")
             print(json.dumps(record), file=sys.stderr if progress else sys.stdout)
 
     if is_main:
-        write_trained_folder(model, recipe, regularizer, data, out, test_acc, world_size, device, amp_dtype)
+        write_trained_folder(
+            run.model, recipe, regularizer, data, out, test_acc, world_size, device, run.amp_dtype
+        )
     if world_size > 1:
         dist.barrier()
     return out
@@ -605,11 +732,6 @@ def run_from_args(args: argparse.Namespace) -> Path:
         recipe.epochs = args.epochs
         recipe.validate()
     out = args.out or os.path.join("runs", recipe.name)
-    if args.overwrite and args.resume:
-        raise ValueError("--overwrite starts afresh and --resume continues: choose one")
-    if args.overwrite and _rank_world()[0] == 0:
-        for name in (CHECKPOINT_NAME, LOG_NAME, PROGRESS_NAME):
-            (Path(out) / name).unlink(missing_ok=True)
     folder = train(
         recipe,
         args.data_dir,
@@ -619,6 +741,7 @@ def run_from_args(args: argparse.Namespace) -> Path:
         progress=not args.no_progress,
         checkpoint_seconds=args.checkpoint_minutes * 60,
         workers=args.workers,
+        overwrite=args.overwrite,
     )
     if _rank_world()[0] == 0:
         print(f"model folder: {folder}")

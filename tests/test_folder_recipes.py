@@ -223,3 +223,51 @@ def test_imagenet100_recipes_run_a_few_steps(kind, tmp_path):
     assert len(log) == 1 and np.isfinite(log[0]["total"]) and 0 <= log[0]["test_acc"] <= 1
     model = lga_zoo.load(out)
     assert len(model.labels) == 100 and model.input_size == (3, 224, 224)
+
+
+def test_folder_runs_resume_mid_epoch_to_the_same_weights(tmp_path, monkeypatch):
+    """The random crops and flips of folder data depend on (seed, epoch, image) only, so a run
+    killed inside an epoch resumes to the same weights as an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    import lga_zoo.train as train_module
+    from lga_zoo.train import train
+
+    data = write_two_class_folder(tmp_path / "data", train=6, val=2)
+    recipe = recipe_from_dict({**RECIPE, "batch_size": 4, "epochs": 2, "regularizer": {"name": "none"}})
+    train(recipe, data, tmp_path / "full", progress=False, checkpoint_seconds=0)
+    real_save = train_module._atomic_torch_save
+    saves = {"n": 0}
+
+    def die_on_second_save(obj, path):
+        real_save(obj, path)
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise KeyboardInterrupt("killed mid-epoch")
+
+    monkeypatch.setattr(train_module, "_atomic_torch_save", die_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, data, tmp_path / "split", progress=False, checkpoint_seconds=0)
+    monkeypatch.setattr(train_module, "_atomic_torch_save", real_save)
+    assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["step_in_epoch"] == 2
+    train(recipe, data, tmp_path / "split", resume=True, progress=False, checkpoint_seconds=0)
+    full = load_file(str(tmp_path / "full" / "model.safetensors"))
+    split = load_file(str(tmp_path / "split" / "model.safetensors"))
+    for key in full:
+        assert torch.equal(full[key], split[key]), key
+
+
+def test_resuming_a_finished_run_keeps_its_folder(tiny_cifar, tmp_path):
+    from lga_zoo.train import train
+
+    def recipe(epochs):
+        return recipe_from_dict(
+            {"name": "t", "architecture": "resnet18_w16_cifar", "epochs": epochs, "batch_size": 20}
+        )
+
+    train(recipe(2), tiny_cifar, tmp_path, progress=False)
+    (tmp_path / "README.md").write_text("a card with evaluation results")
+    train(recipe(2), tiny_cifar, tmp_path, resume=True, progress=False)
+    assert (tmp_path / "README.md").read_text() == "a card with evaluation results"
+    with pytest.raises(ValueError, match="trained 2 epochs, more than the 1 asked for"):
+        train(recipe(1), tiny_cifar, tmp_path, resume=True, progress=False)
