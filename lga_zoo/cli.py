@@ -269,7 +269,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     command = (
-        "lga-zoo evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if args.record_argv else None
+        "lga-zoo evaluate " + " ".join(shlex.quote(a) for a in _without_paths(sys.argv[2:]))
+        if args.record_argv
+        else None
     )
     is_zoo_name = args.model in list_models(pretrained=False)
     own_folder = _own_model_folder(args.model)
@@ -317,6 +319,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         print("published files unchanged (add --publish to write the card, zoo.json and the leaderboard)")
     return 0
+
+
+def _without_paths(argv: list[str]) -> list[str]:
+    """The command line as recorded in results: the data directory is ``DIR`` and an output path
+    ``OUT`` (the results name the data set and split themselves), so no machine path is published."""
+    recorded, placeholder = [], None
+    for arg in argv:
+        if placeholder:
+            recorded.append(placeholder)
+            placeholder = None
+            continue
+        flag, _, value = arg.partition("=")
+        if flag in ("--data-dir", "--out"):
+            name = "DIR" if flag == "--data-dir" else "OUT"
+            if value:
+                recorded.append(f"{flag}={name}")
+            else:
+                recorded.append(arg)
+                placeholder = name
+            continue
+        recorded.append(arg)
+    return recorded
 
 
 def _own_model_folder(model: str) -> Path | None:

@@ -181,8 +181,10 @@ def compare(
         raise ValueError(f"attack={attack!r} is not accepted; choose one of {COMPARE_ATTACKS}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r} must be an integer >= 1")
-    if not 0 < eps <= 1:
-        raise ValueError(f"eps={eps!r} must be in (0, 1] (pixel units, e.g. 4/255)")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1:
+        raise ValueError(f"eps={eps!r} must be a number in (0, 1] (pixel units, e.g. 4/255)")
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 1:
+        raise ValueError(f"k={k!r} must be the top-k fraction of the pixels, in (0, 1]")
     method, method_settings = resolve_method(method, method_kwargs)
     rows, picture = [], None
     for name, model in _load_models(models):

@@ -88,7 +88,7 @@ class ImageFiles(torch.utils.data.Dataset):
         try:
             with Image.open(path) as img:
                 return img.convert("RGB")
-        except (OSError, SyntaxError, ValueError) as err:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             if path not in self.reported:
                 self.reported.add(path)
                 print(f"lga-zoo: skipping unreadable image {path} ({type(err).__name__})", file=sys.stderr)

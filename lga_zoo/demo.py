@@ -38,29 +38,30 @@ def default_models() -> list[str]:
     return sorted(published)[:2]
 
 
-def example_images() -> list[str]:
-    """The bundled examples (one CIFAR-10 test image per class), when running from a checkout."""
-    folder = Path(__file__).resolve().parents[1] / "examples"
+def example_images(folder: str | Path | None = None) -> list[str]:
+    """The example images in ``folder`` (default: the checkout's ``examples/``, one CIFAR-10 test
+    image per class)."""
+    folder = Path(folder) if folder is not None else Path(__file__).resolve().parents[1] / "examples"
     return [str(p) for p in sorted(folder.glob("*.jpg"))]
 
 
 def read_upload(path: str | None) -> Image.Image:
-    """The uploaded file as an RGB image, or a one-line error for the page."""
+    """The uploaded file as a PIL image (any mode: explain() maps each to RGB pixels in [0, 1],
+    16-bit ones by 65535), or a one-line error for the page."""
     from .inputs import InputError, open_image
 
     if not path:
         raise ValueError("pick an example or upload an image first")
     try:
-        image = open_image(path)
+        return open_image(path, max_pixels=MAX_PIXELS)
     except InputError as err:
+        if "pixels" in str(err) or "too large" in str(err):
+            raise ValueError(
+                f"{str(err).split(': ', 1)[-1]}; the demo takes up to 4096x4096, resize it first"
+            ) from err
         raise ValueError(
             f"this upload is not an image Pillow can read ({Path(path).suffix or 'no suffix'})"
         ) from err
-    if image.width * image.height > MAX_PIXELS:
-        raise ValueError(
-            f"the image is {image.width}x{image.height} pixels; the demo takes up to 4096x4096 (resize it first)"
-        )
-    return image.convert("RGB")  # grayscale, palette and RGBA uploads become RGB
 
 
 def analyse(
@@ -132,9 +133,10 @@ def summary_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_app(models: list[str] | None = None):
+def build_app(models: list[str] | None = None, examples: str | Path | None = None):
     """The Gradio Blocks app; ``models`` are the zoo names offered (default: every published one,
-    with the best standard/LGA pair ticked)."""
+    with the best standard/LGA pair ticked); ``examples`` a folder of example images (default: the
+    checkout's ``examples/``)."""
     import gradio as gr
 
     from .registry import list_models
@@ -173,8 +175,10 @@ def build_app(models: list[str] | None = None):
                     type="filepath",
                     elem_id="input-image",
                 )
-                preview = gr.Image(label="preview", interactive=False, height=160)
-                gr.Examples(example_images(), inputs=image, label="bundled examples (CIFAR-10 test images)")
+                preview = gr.Image(label="preview", interactive=False, height=160, elem_id="preview")
+                found = example_images(examples)
+                if found:
+                    gr.Examples(found, inputs=image, label="bundled examples (CIFAR-10 test images)")
                 chosen = gr.CheckboxGroup(choices, value=ticked, label="models", elem_id="models")
                 method = gr.Dropdown(list(METHOD_CHOICES), value="gradient (grad)", label="method")
                 perturbation = gr.Radio(list(PERTURBATIONS), value="targeted", label="perturbation")

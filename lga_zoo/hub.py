@@ -217,6 +217,11 @@ def load(
             f"{entry.name} has no published weights yet; train it with `lga-zoo train {entry.recipe} "
             f"--data-dir DIR` and load the folder it writes (lga_zoo.load('runs/{entry.name}'))"
         )
+    if not verify:
+        warnings.warn(
+            f"loading {entry.name} with verify=False: its files are not checked against the pins",
+            stacklevel=2,
+        )
     local = model_card_dir(entry.name)
     if revision in (None, entry.revision) and (local / WEIGHTS_NAME).is_file():
         if verify:
@@ -231,7 +236,9 @@ def load(
         )
         folder = _fetch(entry.hf_repo_id, revision, cache_dir, offline, None, entry.name)
     else:
-        folder = _fetch(entry.hf_repo_id, entry.revision, cache_dir, offline, entry, entry.name)
+        folder = _fetch(
+            entry.hf_repo_id, entry.revision, cache_dir, offline, entry if verify else None, entry.name
+        )
     return _attach(
         load_model_folder(folder, device), entry, f"hub:{entry.hf_repo_id}@{revision or entry.revision}"
     )
@@ -261,7 +268,9 @@ def _fetch(
         try:
             verify_config(config, entry)
         except WeightsError:
-            config.resolve().unlink(missing_ok=True)
+            config.resolve().unlink(missing_ok=True)  # the blob, and the snapshot's link to it
+            if config.is_symlink():
+                config.unlink(missing_ok=True)
             raise
     if config.parent != weights.parent:
         raise WeightsError(

@@ -63,9 +63,10 @@ def _pil_to_tensor(img: Image.Image, channels: int) -> Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255)
 
 
-def open_image(path) -> Image.Image:
-    """Open an image file fully (decoded, the file closed again); a missing path, a folder or a file
-    PIL cannot read raises :class:`InputError` naming the path."""
+def open_image(path, max_pixels: int | None = None) -> Image.Image:
+    """Open an image file fully (decoded, the file closed again); a missing path, a folder, a file
+    PIL cannot read or (with ``max_pixels``) one larger than that raises :class:`InputError` naming
+    the path. The size is checked before the pixels are decoded."""
     from pathlib import Path
 
     from PIL import UnidentifiedImageError
@@ -77,8 +78,18 @@ def open_image(path) -> Image.Image:
         raise InputError(f"image {str(path)!r} does not exist")
     try:
         with Image.open(path) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise InputError(
+                    f"{str(path)!r}: the image is {img.width}x{img.height} pixels, more than {max_pixels:,}"
+                )
             img.load()
             return img.copy() if img.mode != "P" else img.convert("RGBA")
+    except InputError:
+        raise
+    except Image.DecompressionBombError:
+        raise InputError(
+            f"{str(path)!r} is too large to decode safely (Pillow's decompression-bomb limit)"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise InputError(
             f"{str(path)!r} is not an image file Pillow can read ({type(err).__name__}); "

@@ -8,6 +8,7 @@ key and what is valid (with close matches for misspellings).
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -50,6 +51,8 @@ def _check_number(key: str, value: Any, low: float | None = None, integer: bool 
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         raise RecipeError(f"{key}={value!r} must be {'an integer' if integer else 'a number'}")
+    if not math.isfinite(value):
+        raise RecipeError(f"{key}={value!r} must be a finite number")
     if low is not None and value < low:
         raise RecipeError(f"{key}={value!r} must be >= {low}")
 
@@ -145,9 +148,9 @@ class Recipe:
                 not isinstance(size, (list, tuple))
                 or len(size) != 3
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
-                or size[0] not in (1, 3)
+                or size[0] != 3
             ):
-                raise RecipeError(f"input_size={size!r} must be [C, H, W] with C 1 or 3, e.g. [3, 64, 64]")
+                raise RecipeError(f"input_size={size!r} must be [3, H, W] (RGB), e.g. [3, 64, 64]")
             self.input_size = list(size)
 
         opt = dict(self.optimizer)

@@ -28,6 +28,7 @@ def running_app():
     from lga_zoo.demo import build_app
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
     app = build_app([MODEL, "resnet18_w16_cifar10_standard"])
     port = free_port()
     app.queue().launch(
@@ -91,6 +92,8 @@ def test_the_demo_in_a_real_browser(tmp_path):
     browser, driver_path = _chromium()
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    env["NO_PROXY"] = "127.0.0.1,localhost"
+    server_log = open(tmp_path / "server.log", "wb")  # closed in the finally block below
     server = subprocess.Popen(
         [
             sys.executable,
@@ -103,7 +106,7 @@ def test_the_demo_in_a_real_browser(tmp_path):
             f"{MODEL},resnet18_w16_cifar10_standard",
         ],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=server_log,
         stderr=subprocess.STDOUT,
     )
     options = webdriver.ChromeOptions()
@@ -120,7 +123,7 @@ def test_the_demo_in_a_real_browser(tmp_path):
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
-                assert server.poll() is None, server.stdout.read().decode()
+                assert server.poll() is None, (tmp_path / "server.log").read_text()
                 time.sleep(0.5)
         driver = webdriver.Chrome(service=Service(driver_path), options=options)
         driver.get(f"http://127.0.0.1:{port}/")
@@ -129,7 +132,7 @@ def test_the_demo_in_a_real_browser(tmp_path):
         assert MODEL in driver.page_source and "resnet18_w16_cifar10_standard" in driver.page_source
         upload = driver.find_element(By.CSS_SELECTOR, "#input-image input[type=file]")
         upload.send_keys(str(REPO / "examples" / "ship.jpg"))
-        time.sleep(2)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#preview img"))  # the upload arrived
         driver.find_element(By.CSS_SELECTOR, "#run").click()
         wait.until(lambda d: "stability: attack" in d.find_element(By.ID, "summary").text)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#figure img"))
@@ -148,6 +151,7 @@ def test_the_demo_in_a_real_browser(tmp_path):
             server.wait(timeout=10)
         finally:
             server.kill()
+            server_log.close()
         assert time.time() - started < 10
 
 
@@ -160,3 +164,18 @@ def test_the_space_folder_imports_the_package_and_declares_gradio():
     front = yaml.safe_load((space / "README.md").read_text().split("---")[1])
     assert front["sdk"] == "gradio" and front["app_file"] == "app.py"
     assert "lga-zoo[demo]" in (space / "requirements.txt").read_text()
+
+
+def test_uploads_keep_their_mode_and_huge_ones_are_refused_before_decoding(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from lga_zoo.demo import read_upload
+
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(deep)
+    assert read_upload(str(deep)).mode in ("I;16", "I")  # not clipped to white by a convert("RGB")
+    huge = tmp_path / "huge.png"
+    Image.new("L", (5000, 4000)).save(huge)
+    with pytest.raises(ValueError, match="5000x4000 pixels.*4096x4096"):
+        read_upload(str(huge))

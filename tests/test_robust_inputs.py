@@ -207,3 +207,23 @@ def test_bad_evaluation_arguments_exit_2(flag, value, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_recorded_commands_hold_no_paths():
+    from lga_zoo.cli import _without_paths
+
+    argv = ["m", "--data-dir", "/home/me/data", "--out=/tmp/r.json", "--n-images", "5"]
+    assert _without_paths(argv) == ["m", "--data-dir", "DIR", "--out=OUT", "--n-images", "5"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"input_size": [1, 32, 32]}, "input_size"),
+        ({"label_smoothing": float("nan")}, "finite"),
+        ({"softplus_beta": float("inf")}, "finite"),
+    ],
+)
+def test_recipes_refuse_grey_input_and_non_finite_numbers(change, message):
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict({"name": "r", "architecture": "resnet18_w16_cifar", **change})

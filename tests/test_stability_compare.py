@@ -58,7 +58,11 @@ def test_noise_score_is_the_topk_intersection_with_the_noisy_maps(model, photos)
     assert torch.allclose(exp.stability["noise"], expected.float())
     tiny = model.explain(photos[0], stability={"eps": 1e-7, "attack_steps": 1})
     assert tiny.stability["noise"].item() == 1.0  # no change, same top-k
-    assert model.explain(photos[0], stability={"seed": 1}).stability["attack"] is not None
+    seeded = [
+        model.explain(photos[0], stability={"seed": seed}).stability["attack"].item() for seed in (0, 1, 1)
+    ]
+    assert seeded[1] == seeded[2]  # a seed gives the same score every time
+    assert len(set(seeded)) == 2  # and another seed another attack start, another score
 
 
 def test_bad_stability_settings_name_the_setting(model, photos):
