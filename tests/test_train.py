@@ -281,3 +281,18 @@ def test_progress_log_and_bf16_autocast_on_the_cpu(tiny_cifar, tmp_path, monkeyp
     seen_dtypes.clear()
     train(tiny_recipe(epochs=1, amp="none"), tiny_cifar, tmp_path / "fp32", device="cpu", progress=False)
     assert set(seen_dtypes) == {torch.float32}
+
+
+def test_nan_in_the_first_epoch_says_no_checkpoint_exists(tiny_cifar, tmp_path, monkeypatch):
+    import lga_zoo.train as train_module
+
+    real_forward = train_module.LossStep.forward
+
+    def nan_at_once(self, x, y, generator=None):
+        loss, logits, parts = real_forward(self, x, y, generator)
+        return loss * float("nan"), logits, parts
+
+    monkeypatch.setattr(train_module.LossStep, "forward", nan_at_once)
+    with pytest.raises(TrainingDiverged, match="at epoch 1.*no checkpoint was written yet"):
+        train(tiny_recipe(epochs=1), tiny_cifar, tmp_path, progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
