@@ -47,15 +47,20 @@ def test_published_checkpoint_through_torch_hub_local(name, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PUBLISHED)
-def test_published_accuracy_matches_card_on_500_test_images(name, real_cifar):
+def test_published_accuracy_matches_card_on_2000_test_images(name, real_cifar):
+    """An independent count on a seeded sample of 2,000 test images agrees with the card's accuracy
+    within 4 binomial standard errors (about 3 points at 88%); a wrong or untrained model does not."""
     entry = lga_zoo.get_entry(name)
     model = lga_zoo.load(name)
     test = load_cifar10(real_cifar, "test")
-    idx = np.random.default_rng(0).permutation(len(test))[:500]
+    idx = np.random.default_rng(0).permutation(len(test))[:2000]
     x = torch.from_numpy(test.images[idx]).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
-        accuracy = (model(x).argmax(1).numpy() == test.labels[idx]).mean()
-    assert abs(accuracy - entry.metrics["accuracy"]) <= 0.03, (accuracy, entry.metrics["accuracy"])
+        predicted = torch.cat([model(chunk).argmax(1) for chunk in x.split(500)]).numpy()
+    accuracy = (predicted == test.labels[idx]).mean()
+    card = entry.metrics["accuracy"]
+    allowed = 4 * np.sqrt(card * (1 - card) / len(idx))
+    assert abs(accuracy - card) <= allowed, (accuracy, card, allowed)
 
 
 @pytest.mark.slow

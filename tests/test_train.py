@@ -203,7 +203,9 @@ def test_short_run_on_real_cifar10_learns(real_cifar, tmp_path):
     config = json.loads((folder / "config.json").read_text())
     assert config["lga_zoo"]["data"] == {
         "name": "CIFAR-10 (JPEG copy)",
+        "dataset": "cifar10",
         "train_images": 3000,
+        "eval_split": "test",
         "test_images": 10000,
     }
 
