@@ -486,8 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--attack-amp",
         default="none",
         choices=["none", "bf16"],
-        help="run the attacks (not the maps) under bf16 autocast: about 1.8x faster on the CPU "
-        "(benchmarks/evaluate_precision.py compares it with fp32)",
+        help="run the attacks (not the maps) under bf16 autocast "
+        "(benchmarks/evaluate_precision.py compares its figures and time with fp32)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=_positive_int, default=100)

@@ -106,10 +106,16 @@ def _download(
         ) from None
 
 
-def _attach(model: ExplainableClassifier, entry: ZooEntry | None, source: str) -> ExplainableClassifier:
+def _attach(
+    model: ExplainableClassifier, entry: ZooEntry | None, source: str, verified_sha256: str | None = None
+) -> ExplainableClassifier:
+    """Set ``.entry``, ``.source`` and ``.sha256`` (the pin just verified, else hashed here)."""
     model.entry = entry
     model.source = source
-    model.sha256 = sha256_of(model.weights_path) if getattr(model, "weights_path", None) else None
+    if verified_sha256 is not None:
+        model.sha256 = verified_sha256
+    else:
+        model.sha256 = sha256_of(model.weights_path) if getattr(model, "weights_path", None) else None
     if entry is not None:
         model.pretrained_cfg = {
             **model.pretrained_cfg,
@@ -166,7 +172,7 @@ def _load_folder(folder: Path, device, verify: bool) -> ExplainableClassifier:
     verify_config(folder / CONFIG_NAME, entry)
     verify_file(folder / WEIGHTS_NAME, entry.sha256, entry.size)
     source = f"checkout:model_cards/{entry.name}" if is_checkout_copy else f"folder:{folder}"
-    return _attach(load_model_folder(folder, device), entry, source)
+    return _attach(load_model_folder(folder, device), entry, source, entry.sha256)
 
 
 def load(
@@ -227,7 +233,12 @@ def load(
         if verify:
             verify_config(local / CONFIG_NAME, entry)
             verify_file(local / WEIGHTS_NAME, entry.sha256, entry.size)
-        return _attach(load_model_folder(local, device), entry, f"checkout:model_cards/{entry.name}")
+        return _attach(
+            load_model_folder(local, device),
+            entry,
+            f"checkout:model_cards/{entry.name}",
+            entry.sha256 if verify else None,
+        )
     if revision not in (None, entry.revision):
         warnings.warn(
             f"{entry.name}: revision {revision} is not the pinned {entry.revision}; "
@@ -239,8 +250,12 @@ def load(
         folder = _fetch(
             entry.hf_repo_id, entry.revision, cache_dir, offline, entry if verify else None, entry.name
         )
+    pinned_and_checked = verify and revision in (None, entry.revision)
     return _attach(
-        load_model_folder(folder, device), entry, f"hub:{entry.hf_repo_id}@{revision or entry.revision}"
+        load_model_folder(folder, device),
+        entry,
+        f"hub:{entry.hf_repo_id}@{revision or entry.revision}",
+        entry.sha256 if pinned_and_checked else None,
     )
 
 

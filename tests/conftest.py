@@ -40,3 +40,42 @@ def real_cifar() -> Path:
     if not SHARED_CIFAR.is_file():
         pytest.skip(f"real CIFAR-10 archive not found at {SHARED_CIFAR} (../shared/data beside the checkout)")
     return SHARED_CIFAR
+
+
+def kill_after_saves(monkeypatch, saves: int) -> None:
+    """Make the next training run raise KeyboardInterrupt right after its ``saves``-th checkpoint
+    write (the file is written first), as a kill at that moment would."""
+    import lga_zoo.train as train_module
+
+    real_save = train_module._atomic_torch_save
+    count = {"n": 0}
+
+    def save_then_maybe_die(obj, path):
+        real_save(obj, path)
+        count["n"] += 1
+        if count["n"] == saves:
+            monkeypatch.setattr(train_module, "_atomic_torch_save", real_save)
+            raise KeyboardInterrupt(f"killed after checkpoint {saves}")
+
+    monkeypatch.setattr(train_module, "_atomic_torch_save", save_then_maybe_die)
+
+
+def captum_attribution(model, x, target, method: str):
+    """The attribution of ``method`` computed by captum directly, with explain()'s default settings
+    (IG: 50 steps from black; SmoothGrad: 25 samples, noise 0.15, torch seed 0)."""
+    import torch
+    from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
+
+    x = x.clone().requires_grad_(True)
+    if method == "grad":
+        return Saliency(model).attribute(x, target=target, abs=False)
+    if method == "input_x_grad":
+        return InputXGradient(model).attribute(x, target=target)
+    if method == "integrated_gradients":
+        return IntegratedGradients(model).attribute(
+            x, baselines=torch.zeros_like(x), target=target, n_steps=50
+        )
+    torch.manual_seed(0)
+    return NoiseTunnel(Saliency(model)).attribute(
+        x, nt_type="smoothgrad", nt_samples=25, stdevs=0.15, target=target, abs=False
+    )

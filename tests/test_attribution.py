@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
+from conftest import captum_attribution
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -41,20 +41,7 @@ def batch():
 def test_methods_match_captum_called_directly(model, batch, method):
     target = torch.tensor([0, 1, 2, 3, 1])
     exp = model.explain(batch, target=target, method=method, normalize="none")
-    x = batch.clone().requires_grad_(True)
-    if method == "grad":
-        ref = Saliency(model).attribute(x, target=target, abs=False)
-    elif method == "input_x_grad":
-        ref = InputXGradient(model).attribute(x, target=target)
-    elif method == "integrated_gradients":
-        ref = IntegratedGradients(model).attribute(
-            x, baselines=torch.zeros_like(x), target=target, n_steps=50
-        )
-    else:
-        torch.manual_seed(0)
-        ref = NoiseTunnel(Saliency(model)).attribute(
-            x, nt_type="smoothgrad", nt_samples=25, stdevs=0.15, target=target, abs=False
-        )
+    ref = captum_attribution(model, batch, target, method)
     assert torch.allclose(exp.raw, ref, atol=1e-6)
     assert torch.equal(exp.target, target)
     assert exp.raw.abs().sum() > 0

@@ -11,6 +11,7 @@ import pytest
 import timm
 import torch
 import yaml
+from conftest import kill_after_saves
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -230,25 +231,14 @@ def test_folder_runs_resume_mid_epoch_to_the_same_weights(tmp_path, monkeypatch)
     killed inside an epoch resumes to the same weights as an uninterrupted one."""
     from safetensors.torch import load_file
 
-    import lga_zoo.train as train_module
     from lga_zoo.train import train
 
     data = write_two_class_folder(tmp_path / "data", train=6, val=2)
     recipe = recipe_from_dict({**RECIPE, "batch_size": 4, "epochs": 2, "regularizer": {"name": "none"}})
     train(recipe, data, tmp_path / "full", progress=False, checkpoint_seconds=0)
-    real_save = train_module._atomic_torch_save
-    saves = {"n": 0}
-
-    def die_on_second_save(obj, path):
-        real_save(obj, path)
-        saves["n"] += 1
-        if saves["n"] == 2:
-            raise KeyboardInterrupt("killed mid-epoch")
-
-    monkeypatch.setattr(train_module, "_atomic_torch_save", die_on_second_save)
+    kill_after_saves(monkeypatch, 2)  # the second save is mid-epoch
     with pytest.raises(KeyboardInterrupt):
         train(recipe, data, tmp_path / "split", progress=False, checkpoint_seconds=0)
-    monkeypatch.setattr(train_module, "_atomic_torch_save", real_save)
     assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["step_in_epoch"] == 2
     train(recipe, data, tmp_path / "split", resume=True, progress=False, checkpoint_seconds=0)
     full = load_file(str(tmp_path / "full" / "model.safetensors"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
+from conftest import captum_attribution
 
 import lga_zoo
 from lga_zoo.attacks import pgd, targeted_attribution_attack, topk_attack
@@ -136,17 +136,6 @@ def test_maps_agree_with_captum_on_eval_mode_models(which, method):
         x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     target = torch.tensor([0, 1, 2])
     exp = model.explain(x, target=target, method=method, normalize="none")
-    x_req = x.clone().requires_grad_(True)
-    if method == "grad":
-        ref = Saliency(model).attribute(x_req, target=target, abs=False)
-    elif method == "input_x_grad":
-        ref = InputXGradient(model).attribute(x_req, target=target)
-    elif method == "integrated_gradients":
-        ref = IntegratedGradients(model).attribute(x_req, baselines=x * 0, target=target, n_steps=50)
-    else:
-        torch.manual_seed(0)
-        ref = NoiseTunnel(Saliency(model)).attribute(
-            x_req, nt_type="smoothgrad", nt_samples=25, stdevs=0.15, target=target, abs=False
-        )
+    ref = captum_attribution(model, x, target, method)
     cosine = torch.nn.functional.cosine_similarity(exp.raw.flatten(1), ref.flatten(1), dim=1)
     assert (cosine >= 0.99).all(), cosine

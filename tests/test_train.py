@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import kill_after_saves
 from safetensors.torch import load_file
 
 from lga_zoo.folder import load_model_folder
@@ -81,18 +82,9 @@ def test_train_writes_model_and_resume_matches_uninterrupted(tiny_cifar, tmp_pat
     assert not model.training and model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
 
     # Kill the same run right after its first checkpoint, then resume: the same final weights.
-    import lga_zoo.train as train_module
-
-    real_save = train_module._atomic_torch_save
-
-    def save_then_die(obj, path):
-        real_save(obj, path)
-        raise KeyboardInterrupt("killed after epoch 1")
-
-    monkeypatch.setattr(train_module, "_atomic_torch_save", save_then_die)
+    kill_after_saves(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         train(recipe, tiny_cifar, tmp_path / "split", progress=False)
-    monkeypatch.setattr(train_module, "_atomic_torch_save", real_save)
     assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert not (tmp_path / "split" / "model.safetensors").exists()
     train(recipe, tiny_cifar, tmp_path / "split", resume=True, progress=False)
@@ -213,23 +205,11 @@ def test_short_run_on_real_cifar10_learns(real_cifar, tmp_path):
 def test_mid_epoch_checkpoint_resumes_to_the_same_weights(tiny_cifar, tmp_path, monkeypatch):
     """A run killed inside an epoch (after a time-based checkpoint) resumes from that step and ends
     with the same weights and the same epoch log as an uninterrupted run."""
-    import lga_zoo.train as train_module
-
     recipe = tiny_recipe()  # 3 steps an epoch
     train(recipe, tiny_cifar, tmp_path / "full", progress=False, checkpoint_seconds=0)
-    real_save = train_module._atomic_torch_save
-    saves = {"n": 0}
-
-    def die_on_second_save(obj, path):
-        real_save(obj, path)
-        saves["n"] += 1
-        if saves["n"] == 2:
-            raise KeyboardInterrupt("killed mid-epoch")
-
-    monkeypatch.setattr(train_module, "_atomic_torch_save", die_on_second_save)
+    kill_after_saves(monkeypatch, 2)  # the second save is mid-epoch: after step 2 of 3
     with pytest.raises(KeyboardInterrupt):
         train(recipe, tiny_cifar, tmp_path / "split", progress=False, checkpoint_seconds=0)
-    monkeypatch.setattr(train_module, "_atomic_torch_save", real_save)
     ckpt = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (0, 2)
     train(recipe, tiny_cifar, tmp_path / "split", resume=True, progress=False, checkpoint_seconds=0)
