@@ -96,21 +96,31 @@ def differentiable_map(
     """The sum-normalized saliency map (B, H, W) of ``method`` at ``x``, differentiable with respect
     to ``x`` (a double backward; integrated gradients by a ``ig_steps`` midpoint Riemann sum from a
     black baseline). Used inside attacks, where the model's ReLUs are usually swapped for Softplus."""
+    return map_and_logits(model, x, target, method, ig_steps)[0]
+
+
+def map_and_logits(
+    model: nn.Module, x: Tensor, target: Tensor, method: str = "grad", ig_steps: int = 8
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`differentiable_map` and the logits at ``x`` of the map's own forward pass, both
+    differentiable with respect to ``x`` (an attack that needs both runs one forward instead of two);
+    None for integrated gradients, whose forward passes are along the path, not at ``x``."""
     if method not in DIFFERENTIABLE_METHODS:
         raise ValueError(f"attacks differentiate through {DIFFERENTIABLE_METHODS}, not {method!r}")
     if method == "integrated_gradients":
         alphas = (torch.arange(ig_steps, device=x.device, dtype=x.dtype) + 0.5) / ig_steps
         path = (alphas.view(-1, 1, 1, 1, 1) * x[None]).flatten(0, 1)
-        logits = model(path).view(ig_steps, len(x), -1)
-        chosen = logits.gather(2, target.view(1, -1, 1).expand(ig_steps, -1, 1)).sum()
+        path_logits = model(path).view(ig_steps, len(x), -1)
+        chosen = path_logits.gather(2, target.view(1, -1, 1).expand(ig_steps, -1, 1)).sum()
         (grad,) = torch.autograd.grad(chosen, path, create_graph=True)
         raw = x * grad.view(ig_steps, *x.shape).mean(0)
+        logits = None
     else:
-        chosen = model(x).gather(1, target[:, None]).sum()
-        (grad,) = torch.autograd.grad(chosen, x, create_graph=True)
+        logits = model(x)
+        (grad,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x, create_graph=True)
         raw = grad * x if method == "input_x_grad" else grad
     saliency = raw.abs().sum(1)
-    return saliency / saliency.flatten(1).sum(1).clamp_min(1e-12).view(-1, 1, 1)
+    return saliency / saliency.flatten(1).sum(1).clamp_min(1e-12).view(-1, 1, 1), logits
 
 
 def frame_target(height: int, width: int, frame: int | None = None) -> Tensor:
@@ -160,9 +170,10 @@ def targeted_attribution_attack(
     x_adv = start.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([x_adv], lr=lr if lr is not None else eps / 8)
     for _ in range(steps):
-        maps = differentiable_map(model, x_adv, target, method, ig_steps)
+        maps, logits = map_and_logits(model, x_adv, target, method, ig_steps)
         map_loss = (maps - goal).pow(2).flatten(1).sum(1) * num_pixels
-        logit_loss = (model(x_adv) - logits_clean).pow(2).mean(1)
+        logits = logits if logits is not None else model(x_adv)
+        logit_loss = (logits - logits_clean).pow(2).mean(1)
         loss = (gamma * map_loss + (1 - gamma) * logit_loss).sum()
         optimizer.zero_grad()
         (grad,) = torch.autograd.grad(loss, x_adv)

@@ -10,6 +10,7 @@ import lga_zoo
 from lga_zoo.attacks import (
     differentiable_map,
     frame_target,
+    map_and_logits,
     pgd,
     random_perturbation,
     targeted_attribution_attack,
@@ -61,6 +62,29 @@ def test_differentiable_map_matches_explain(images):
     ig = differentiable_map(model, x, target, "integrated_gradients", ig_steps=64).detach()
     reference = model.explain(images, target=target, method="ig", steps=64, normalize="sum").attribution
     assert torch.allclose(ig, reference, atol=2e-3)
+
+
+def test_map_and_logits_gives_the_gradient_of_two_separate_forwards(images):
+    """The targeted attack's loss through one shared forward has the same input gradient as through
+    the map and a second forward of its own (what the attack computed before)."""
+    with softplus_activations(relu_cnn()) as model:
+        target = torch.tensor([1, 2, 3, 4, 5, 6])
+        weights = torch.rand(6, 10, generator=torch.Generator().manual_seed(2))
+        grads = []
+        for shared in (True, False):
+            x = images.clone().requires_grad_(True)
+            if shared:
+                maps, logits = map_and_logits(model, x, target)
+            else:
+                maps, logits = differentiable_map(model, x, target), model(x)
+            loss = maps.pow(2).sum() * 100 + (logits * weights).pow(2).sum()
+            grads.append(torch.autograd.grad(loss, x)[0])
+        assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-8)
+        assert grads[0].abs().max() > 0
+        assert (
+            map_and_logits(model, images.clone().requires_grad_(True), target, "integrated_gradients")[1]
+            is None
+        )
 
 
 def test_perturbations_stay_in_ball_and_are_deterministic(images):
