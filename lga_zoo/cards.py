@@ -283,11 +283,7 @@ Classes: {", ".join(entry.classes)}.
 
 ## Training
 
-Recipe `{entry.recipe}` on {data_name}:
-
-```bash
-lga-zoo train {entry.recipe} --data-dir DIR --out runs/{entry.name}
-```
+{_training_commands(entry, data_name)}
 
 {trained}{note}## Evaluation
 
@@ -304,6 +300,20 @@ lga-zoo train {entry.recipe} --data-dir DIR --out runs/{entry.name}
 
 {papers}
 """
+
+
+def _training_commands(entry: ZooEntry, data_name: str) -> str:
+    """The recipe and the ``lga-zoo train`` commands that make ``entry``, one per stage."""
+    from .hub import checkout_root
+    from .recipe import training_chain
+
+    try:
+        chain = training_chain(entry.recipe, checkout_root())
+    except (OSError, ValueError):  # a folder of one's own: its recipe is not in the checkout
+        chain = [(entry.recipe, f"runs/{entry.name}")]
+    stages = f", in {len(chain)} runs, each starting from the one before" if len(chain) > 1 else ""
+    commands = "\n".join(f"lga-zoo train {recipe} --data-dir DIR --out {out}" for recipe, out in chain)
+    return f"Recipe `{entry.recipe}` on {data_name}{stages}:\n\n```bash\n{commands}\n```"
 
 
 def _base_model(init_record: dict[str, Any], init: str) -> str | None:

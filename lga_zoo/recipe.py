@@ -286,3 +286,23 @@ def load_recipe(path: str | Path) -> Recipe:
     except UnicodeDecodeError:
         raise RecipeError(f"{path}: not a text file; a recipe is YAML") from None
     return recipe_from_dict(raw, source=str(path))
+
+
+STAGE_FOLDER_PREFIX = "runs/"  # ``init: runs/NAME`` starts from the run of recipes/stages/NAME.yaml
+
+
+def training_chain(recipe_path: str | Path, root: str | Path = ".") -> list[tuple[str, str]]:
+    """The runs that make ``recipe_path``, first to last, as (recipe path, --out folder) pairs, paths
+    relative to ``root`` (the checkout). A recipe whose ``init`` is ``runs/NAME`` is preceded by the
+    chain of ``recipes/stages/NAME.yaml``; any other recipe is a chain of one."""
+    root = Path(root)
+    chain: list[tuple[str, str]] = []
+    path = Path(recipe_path)
+    while True:
+        recipe = load_recipe(root / path)
+        if any(earlier == path.as_posix() for earlier, _ in chain):
+            raise RecipeError(f"{path}: its init chain comes back to itself")
+        chain.insert(0, (path.as_posix(), f"{STAGE_FOLDER_PREFIX}{recipe.name}"))
+        if not recipe.init.startswith(STAGE_FOLDER_PREFIX):
+            return chain
+        path = Path("recipes") / "stages" / f"{Path(recipe.init).name}.yaml"

@@ -11,7 +11,7 @@ from conftest import kill_after_saves
 from safetensors.torch import load_file
 
 from lga_zoo.folder import load_model_folder
-from lga_zoo.recipe import RecipeError, load_recipe, recipe_from_dict
+from lga_zoo.recipe import RecipeError, load_recipe, recipe_from_dict, training_chain
 from lga_zoo.train import TrainingDiverged, lr_factor, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,11 +33,30 @@ def tiny_recipe(**overrides):
 
 
 def test_all_shipped_recipes_validate():
-    paths = sorted((REPO / "recipes").glob("*.yaml"))
+    paths = sorted((REPO / "recipes").rglob("*.yaml"))
     assert len(paths) >= 6
     for path in paths:
         recipe = load_recipe(path)
         assert recipe.name == path.stem
+
+
+def test_a_recipe_that_starts_from_a_run_folder_ships_the_stage_recipe_that_makes_it():
+    """``init: runs/NAME`` (a multi-stage recipe) must come with ``recipes/stages/NAME.yaml``; each run
+    of the chain starts from the folder the run before wrote, and each stage recipe's own comment
+    gives the command that writes that folder."""
+    longest = []
+    for path in sorted((REPO / "recipes").glob("*.yaml")):
+        chain = training_chain(path.relative_to(REPO), REPO)
+        for (before, out), (after, _) in zip(chain, chain[1:]):
+            assert load_recipe(REPO / after).init == out
+            assert f"lga-zoo train {before} --data-dir DIR --out {out}" in (REPO / before).read_text()
+        longest = max(longest, chain, key=len)
+    assert [Path(r).name for r, _ in longest] == [
+        "resnet18_cifar10_standard_stage1.yaml",
+        "resnet18_cifar10_standard.yaml",
+    ]
+    with pytest.raises(RecipeError, match="does not exist"):
+        training_chain("recipes/resnet18_cifar10_standard.yaml", REPO / "tests")
 
 
 @pytest.mark.parametrize(
@@ -278,3 +297,13 @@ def test_nan_in_the_first_epoch_says_no_checkpoint_exists(tiny_cifar, tmp_path, 
     with pytest.raises(TrainingDiverged, match="at epoch 1.*no checkpoint was written yet"):
         train(tiny_recipe(epochs=1), tiny_cifar, tmp_path, progress=False)
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_stage_chain_that_comes_back_to_itself_is_refused(tmp_path):
+    stages = tmp_path / "recipes" / "stages"
+    stages.mkdir(parents=True)
+    shipped = yaml.safe_load((REPO / "recipes" / "resnet18_cifar10_control.yaml").read_text())
+    for name, init in (("a", "runs/b"), ("b", "runs/a")):
+        (stages / f"{name}.yaml").write_text(yaml.safe_dump({**shipped, "name": name, "init": init}))
+    with pytest.raises(RecipeError, match="comes back to itself"):
+        training_chain("recipes/stages/a.yaml", tmp_path)
