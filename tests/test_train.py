@@ -307,3 +307,21 @@ def test_a_stage_chain_that_comes_back_to_itself_is_refused(tmp_path):
         (stages / f"{name}.yaml").write_text(yaml.safe_dump({**shipped, "name": name, "init": init}))
     with pytest.raises(RecipeError, match="comes back to itself"):
         training_chain("recipes/stages/a.yaml", tmp_path)
+
+
+def test_the_flagship_cpu_queue_names_shipped_recipes_and_zoo_entries():
+    import re
+
+    from lga_zoo.registry import get_entry
+
+    script = (REPO / "scripts" / "flagship_cpu.sh").read_text()
+    subprocess.run(["bash", "-n", str(REPO / "scripts" / "flagship_cpu.sh")], check=True)
+    trained = re.findall(r"^step \w+ train (\S+)$", script, re.M)
+    evaluated = re.findall(r"^step \w+ evaluate (\S+) (\d+) (\d+)$", script, re.M)
+    assert trained == ["resnet18_cifar10_control", "resnet18_cifar10_lga", "resnet18_cifar10_hessian"]
+    for name in trained:
+        assert load_recipe(REPO / "recipes" / f"{name}.yaml").init == "model_cards/resnet18_cifar10_standard"
+    for name, n_images, n_slow in evaluated:
+        get_entry(name)
+        assert int(n_slow) <= int(n_images)
+    assert {name for name, n, _ in evaluated if int(n) >= 500} == set(trained) | {"resnet18_cifar10_standard"}
