@@ -241,8 +241,9 @@ def render_card(
     trained = ""
     if training:
         trained = (
-            f"Trained for {training.get('epochs')} epochs on {training.get('world_size', 1)} "
-            f"{training.get('device', '?')} process(es); final test accuracy in training "
+            f"Its last training run: {training.get('epochs')} epochs on {training.get('world_size', 1)} "
+            f"{training.get('device', '?')} process(es) (the commands above list every run); final "
+            f"test accuracy in training "
             f"{training.get('final_test_acc', float('nan')):.2%}.\n\n"
         )
     papers = (

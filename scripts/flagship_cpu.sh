@@ -44,8 +44,8 @@ log "attack amp: $AMP"
 step eval_standard_100 evaluate resnet18_cifar10_standard 100 50
 step train_control train resnet18_cifar10_control
 step train_lga train resnet18_cifar10_lga
-step eval_standard_500 evaluate resnet18_cifar10_standard 500 200
 step eval_lga_500 evaluate resnet18_cifar10_lga 500 200
+step eval_standard_500 evaluate resnet18_cifar10_standard 500 200
 step eval_control_500 evaluate resnet18_cifar10_control 500 200
 step train_hessian train resnet18_cifar10_hessian
 step eval_hessian_500 evaluate resnet18_cifar10_hessian 500 200
