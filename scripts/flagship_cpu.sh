@@ -43,10 +43,10 @@ grep -q "every figure inside: True" "$Q/precision_standard.md" && AMP=bf16
 log "attack amp: $AMP"
 step eval_standard_100 evaluate resnet18_cifar10_standard 100 50
 step train_control train resnet18_cifar10_control
+step eval_control_500 evaluate resnet18_cifar10_control 500 200
 step train_lga train resnet18_cifar10_lga
 step eval_lga_500 evaluate resnet18_cifar10_lga 500 200
 step eval_standard_500 evaluate resnet18_cifar10_standard 500 200
-step eval_control_500 evaluate resnet18_cifar10_control 500 200
 step train_hessian train resnet18_cifar10_hessian
 step eval_hessian_500 evaluate resnet18_cifar10_hessian 500 200
 step bench_train_step sh -c "python benchmarks/train_step.py --arch resnet18_cifar --regularizers none,lga,hessian --steps 3 > '$Q/train_step_resnet18_cifar.md'"
