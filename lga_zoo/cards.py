@@ -177,6 +177,13 @@ def family_of(entry: ZooEntry) -> list[ZooEntry]:
     return [get_entry(root), *sorted(members, key=lambda e: e.name)]
 
 
+def _images_measured(results: dict[str, Any]) -> str:
+    """How many images the robustness figures of ``results`` rest on: "500" or "500 (IG 200)"."""
+    n_images = results.get("data", {}).get("n_robustness", "?")
+    ig = results.get("robustness", {}).get("integrated_gradients", {}).get("random", {}).get("topk", {})
+    return f"{n_images} (IG {ig['n']})" if ig.get("n") not in (None, n_images) else str(n_images)
+
+
 def comparison_section(entry: ZooEntry, family_results: dict[str, dict[str, Any]]) -> str:
     """A table of the family's accuracy and top-k intersections (95% intervals), from each model's
     results.json; models without results are listed as not evaluated yet."""
@@ -184,20 +191,21 @@ def comparison_section(entry: ZooEntry, family_results: dict[str, dict[str, Any]
     if len(family) < 2:
         return ""
     header = (
-        "| model | regularizer | accuracy | PGD L-inf | "
+        "| model | regularizer | images | accuracy | PGD L-inf | "
         + " | ".join(t for *_, t in COMPARISON_COLUMNS)
         + " |"
     )
     lines = [
         "## Comparison",
         "",
-        "The standard model and every model fine-tuned from it, with the same evaluation (top-k intersection of",
-        "the map at x and at x', mean [95% interval]). The control has the same starting point and the same extra",
-        "epochs as the regularized fine-tunes, without a regularizer: the gap between a regularizer and the",
-        "control is what the regularizer adds beyond more training.",
+        "The standard model and every model fine-tuned from it, with the same evaluation settings (top-k intersection of",
+        "the map at x and at x', mean [95% interval]). `images`: the seeded test images each model was measured on",
+        "(IG maps on the first of them); the first N are the same images for every model. The control has the same",
+        "starting point and the same extra epochs as the regularized fine-tunes, without a regularizer: the gap",
+        "between a regularizer and the control is what the regularizer adds beyond more training.",
         "",
         header,
-        "|---|---|---:|---:|" + "---:|" * len(COMPARISON_COLUMNS),
+        "|---|---|---:|---:|---:|" + "---:|" * len(COMPARISON_COLUMNS),
     ]
     for member in family:
         name = f"**{member.name}**" if member.name == entry.name else member.name
@@ -205,12 +213,16 @@ def comparison_section(entry: ZooEntry, family_results: dict[str, dict[str, Any]
         if not results:
             status = "not evaluated yet" if member.has_weights else "not published yet"
             lines.append(
-                f"| {name} | {member.regularizer['name']} | {status} |" + " |" * (len(COMPARISON_COLUMNS) + 1)
+                f"| {name} | {member.regularizer['name']} | {status} |" + " |" * (len(COMPARISON_COLUMNS) + 2)
             )
             continue
         accuracy = results["accuracy"]
         pgd = accuracy.get("pgd", {}).get("linf")
-        cells = [f"{accuracy['clean']:.2%}", f"{pgd['accuracy']:.2%}" if pgd else "-"]
+        cells = [
+            _images_measured(results),
+            f"{accuracy['clean']:.2%}",
+            f"{pgd['accuracy']:.2%}" if pgd else "-",
+        ]
         for method, attack, _ in COMPARISON_COLUMNS:
             value = results.get("robustness", {}).get(method, {}).get(attack, {}).get("topk")
             cells.append(

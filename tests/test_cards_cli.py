@@ -194,3 +194,23 @@ def test_a_card_refresh_redraws_the_family_and_the_readme_table(private_zoo, tmp
     assert "| **resnet18_w16_cifar10_standard** |" in sibling and "43.21%" in sibling
     assert "43.21%" in (tmp_path / "README.md").read_text()
     assert "43.21%" not in (REPO / "README.md").read_text()
+
+
+def test_the_comparison_names_how_many_images_each_model_was_measured_on():
+    from lga_zoo.cards import _images_measured
+
+    ig_on_fewer = {
+        "data": {"n_robustness": 500},
+        "robustness": {"integrated_gradients": {"random": {"topk": {"n": 200}}}},
+    }
+    assert _images_measured(ig_on_fewer) == "500 (IG 200)"
+    ig_on_all = {
+        "data": {"n_robustness": 100},
+        "robustness": {"integrated_gradients": {"random": {"topk": {"n": 100}}}},
+    }
+    assert _images_measured(ig_on_all) == "100"
+    assert _images_measured({"data": {"n_robustness": 80}, "robustness": {"grad": {}}}) == "80"
+    card = (REPO / "model_cards" / "resnet18_cifar10_control" / "README.md").read_text()
+    row = next(line for line in card.splitlines() if line.startswith("| **resnet18_cifar10_control** |"))
+    results = json.loads((REPO / "model_cards" / "resnet18_cifar10_control" / "results.json").read_text())
+    assert row.split(" | ")[2] == _images_measured(results)
