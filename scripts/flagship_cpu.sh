@@ -12,6 +12,7 @@
 # and keep a copy of each results.json in $RUNS/NAME/. Attacks run in bf16 when
 # benchmarks/evaluate_precision.py found every figure inside the fp32 interval ($RUNS/queue/precision_standard.md).
 set -u
+command -v lga-zoo > /dev/null || { echo "lga-zoo is not on PATH: activate the environment it is installed in first" >&2; exit 2; }
 RUNS=${RUNS:-$HOME/lga-runs}
 DATA=${DATA:-../shared/data}
 Q=$RUNS/queue
