@@ -29,10 +29,13 @@ DATASET_NAMES = {"cifar10": "CIFAR-10", "imagenet100": "ImageNet-100", "folder":
 
 def summary_metrics(results: dict[str, Any] | None) -> dict[str, float]:
     """The flat metrics a registry entry and the leaderboard carry: ``accuracy``, ``pgd_linf`` and
-    ``METHOD/ATTACK/METRIC`` means, rounded to 4 digits."""
+    ``METHOD/ATTACK/METRIC`` means, rounded to 4 digits, and ``n_robustness``, the number of test
+    images the robustness figures were measured on."""
     if not results:
         return {}
     flat: dict[str, float] = {}
+    if "n_robustness" in results.get("data", {}):
+        flat["n_robustness"] = results["data"]["n_robustness"]
     accuracy = results.get("accuracy", {})
     if "clean" in accuracy:
         flat["accuracy"] = round(accuracy["clean"], 4)

@@ -1,5 +1,6 @@
 """The leaderboard: the zoo's measured models as a Markdown table, from the registry's metrics
-(which ``lga-zoo card`` copies from each ``model_cards/NAME/results.json``). The README's zoo table
+(which ``lga-zoo card`` copies from each ``model_cards/NAME/results.json``), with the number of
+test images each model's robustness figures rest on. The README's zoo table
 is this output between the markers below; a test fails when they differ."""
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ COLUMNS = (
 def leaderboard_markdown() -> str:
     """A Markdown table, one row per model with measured metrics (best targeted robustness first)."""
     measured = [e for e in all_entries() if e.metrics]
-    header = "| model | params | regularizer | " + " | ".join(title for _, title, _ in COLUMNS) + " |\n"
-    rule = "|---|---:|---|" + "---:|" * len(COLUMNS) + "\n"
+    header = (
+        "| model | params | regularizer | images | " + " | ".join(title for _, title, _ in COLUMNS) + " |\n"
+    )
+    rule = "|---|---:|---|---:|" + "---:|" * len(COLUMNS) + "\n"
     if not measured:
-        return header + rule + "| (no evaluated models yet) |" + " |" * (len(COLUMNS) + 2) + "\n"
+        return header + rule + "| (no evaluated models yet) |" + " |" * (len(COLUMNS) + 3) + "\n"
     measured.sort(key=lambda e: (-e.metrics.get("grad/targeted/topk", -1), e.name))
     rows = []
     for entry in measured:
@@ -36,8 +39,7 @@ def leaderboard_markdown() -> str:
             cells.append("-" if value is None else (f"{value:.2%}" if percent else f"{value:.3f}"))
         rows.append(
             f"| {entry.name} | {entry.num_params / 1e6:.2f}M | {entry.regularizer['name']} | "
-            + " | ".join(cells)
-            + " |\n"
+            f"{entry.metrics.get('n_robustness', '-')} | " + " | ".join(cells) + " |\n"
         )
     return header + rule + "".join(rows)
 

@@ -14,6 +14,7 @@ import lga_zoo.hub as hub
 import lga_zoo.registry as registry
 from lga_zoo.cards import published_family_results, render_card, summary_metrics
 from lga_zoo.hub import save_folder, untrained
+from lga_zoo.leaderboard import leaderboard_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "resnet18_w16_cifar10_lga"
@@ -214,3 +215,7 @@ def test_the_comparison_names_how_many_images_each_model_was_measured_on():
     row = next(line for line in card.splitlines() if line.startswith("| **resnet18_cifar10_control** |"))
     results = json.loads((REPO / "model_cards" / "resnet18_cifar10_control" / "results.json").read_text())
     assert row.split(" | ")[2] == _images_measured(results)
+    board_row = next(
+        line for line in leaderboard_markdown().splitlines() if "| resnet18_cifar10_control |" in line
+    )
+    assert board_row.split(" | ")[3] == str(results["data"]["n_robustness"])
