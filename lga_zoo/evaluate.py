@@ -21,7 +21,7 @@ import math
 import platform
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from .attribution import ALIASES, attribute, normalize_attribution, resolve_meth
 from .data import ImageArrays
 from .metrics import SIMILARITIES, similarities
 from .models import softplus_activations
+from .precision import use_bf16
 from .state import preserved
 
 ATTACKS = ("random", "targeted", "topk", "pgd")
@@ -386,6 +387,9 @@ def run_evaluation(
     data = eval_arrays(model, data_dir, split, dataset)
     split = split or ("test" if dataset == "cifar10" else data.name.rsplit("(", 1)[-1].rstrip(")"))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if settings.attack_amp == "bf16" and not use_bf16(device, "attack_amp bf16"):
+        # recorded as run; the caller's settings are left as they were
+        settings = replace(settings, attack_amp="none", method_settings=dict(settings.method_settings))
     source = getattr(model, "source", "") or ""
     if source.startswith("folder:"):
         source = f"folder:{Path(source[len('folder:') :]).name}"  # no machine paths in results

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from .datasets import TrainingData, dataset_classes, prepare_data
 from .folder import build_config, remove_stale_temporaries, write_model_folder
 from .models import ExplainableClassifier, create_backbone
+from .precision import use_bf16
 from .recipe import Recipe, load_recipe
 from .regularizers import Regularizer, build_regularizer
 
@@ -268,9 +269,10 @@ class EpochTally:
 
 
 def amp_dtype_for(recipe: Recipe, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 on CPU and GPU, fp16 on GPU only (None: full precision)."""
+    """The autocast dtype: bf16 on GPU and on CPUs with native bf16 kernels (elsewhere fp32, with a
+    note on stderr), fp16 on GPU only (None: full precision)."""
     if recipe.amp == "bf16":
-        return torch.bfloat16
+        return torch.bfloat16 if use_bf16(device, "amp: bf16") else None
     if recipe.amp == "fp16":
         if device.type != "cuda":
             print(

@@ -197,6 +197,32 @@ def test_a_trial_evaluation_leaves_published_files_alone(tiny_cifar, tmp_path, m
     assert "/" not in results["model"]["source"].split(":", 1)[1].replace("model_cards/", "")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_attacks_fall_back_to_fp32_on_a_cpu_without_native_bf16(native, tiny_cifar, tmp_path,
+                                                                     monkeypatch, capsys):  # fmt: skip
+    """``--attack-amp bf16`` runs in fp32 where the CPU has no bf16 kernels (there it is many times
+    slower), says so, and the results record the precision that was run."""
+    import lga_zoo.evaluate as evaluate_module
+
+    seen = []
+    real_attack = evaluate_module.targeted_attribution_attack
+
+    def recording_attack(model, x, *args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return real_attack(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "targeted_attribution_attack", recording_attack)
+    monkeypatch.setattr("lga_zoo.precision.cpu_has_native_bf16", lambda: native)
+    monkeypatch.chdir(tmp_path)
+    argv = ["evaluate", MODEL, "--data-dir", str(tiny_cifar), "--n-images", "2", "--n-accuracy", "10"]
+    argv += ["--methods", "grad", "--attacks", "targeted", "--attack-steps", "1", "--attack-amp", "bf16"]
+    assert cli.main([*argv, "--device", "cpu", "--no-progress"]) == 0
+    results = json.loads((tmp_path / "runs" / "evaluate" / MODEL / "results.json").read_text())
+    assert seen == [native]
+    assert results["settings"]["attack_amp"] == ("bf16" if native else "none")
+    assert ("no native bf16" in capsys.readouterr().err) == (not native)
+
+
 @pytest.mark.parametrize(
     "flag, value, message",
     [("--eps", "4/0", "4/0"), ("--n-images", "0", "at least 1"), ("--batch-size", "0", "at least 1")],

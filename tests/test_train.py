@@ -267,6 +267,7 @@ def test_progress_log_and_bf16_autocast_on_the_cpu(tiny_cifar, tmp_path, monkeyp
         return loss, logits, parts
 
     monkeypatch.setattr(train_module.LossStep, "forward", record_dtype)
+    monkeypatch.setattr("lga_zoo.precision.cpu_has_native_bf16", lambda: True)
     folder = train(
         tiny_recipe(epochs=1, amp="bf16"),
         tiny_cifar,
@@ -282,6 +283,27 @@ def test_progress_log_and_bf16_autocast_on_the_cpu(tiny_cifar, tmp_path, monkeyp
     seen_dtypes.clear()
     train(tiny_recipe(epochs=1, amp="none"), tiny_cifar, tmp_path / "fp32", device="cpu", progress=False)
     assert set(seen_dtypes) == {torch.float32}
+
+
+def test_bf16_recipe_trains_in_fp32_on_a_cpu_without_native_bf16(tiny_cifar, tmp_path, monkeypatch, capsys):
+    """Where oneDNN has no bf16 kernels (an AVX2-only CPU), bf16 autocast is many times slower than
+    fp32: ``amp: bf16`` then trains in fp32, says so, and config.json records what was run."""
+    import lga_zoo.train as train_module
+
+    seen_dtypes = []
+    real_forward = train_module.LossStep.forward
+
+    def record_dtype(self, x, y, generator=None):
+        loss, logits, parts = real_forward(self, x, y, generator)
+        seen_dtypes.append(logits.dtype)
+        return loss, logits, parts
+
+    monkeypatch.setattr(train_module.LossStep, "forward", record_dtype)
+    monkeypatch.setattr("lga_zoo.precision.cpu_has_native_bf16", lambda: False)
+    folder = train(tiny_recipe(epochs=1, amp="bf16"), tiny_cifar, tmp_path, device="cpu", progress=False)
+    assert seen_dtypes and set(seen_dtypes) == {torch.float32}
+    assert json.loads((folder / "config.json").read_text())["lga_zoo"]["training"]["amp"] == "none"
+    assert "no native bf16" in capsys.readouterr().err
 
 
 def test_nan_in_the_first_epoch_says_no_checkpoint_exists(tiny_cifar, tmp_path, monkeypatch):
@@ -325,3 +347,49 @@ def test_the_flagship_cpu_queue_names_shipped_recipes_and_zoo_entries():
         get_entry(name)
         assert int(n_slow) <= int(n_images)
     assert {name for name, n, _ in evaluated if int(n) >= 500} == set(trained) | {"resnet18_cifar10_standard"}
+
+
+def _flagship_state():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("flagship_state", REPO / "scripts" / "flagship_state.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_flagship_queue_skips_what_the_checkout_already_publishes(tmp_path):
+    """The queue's steps are done when the published files say so: weights trained from today's
+    recipe, results of the pinned weights on enough images; anything else runs again."""
+    import shutil
+
+    state = _flagship_state()
+    name = "resnet18_cifar10_control"  # published and evaluated on 500 images
+    assert state.trained_reason(name) is None
+    assert state.evaluated_reason(name, 500) is None
+    assert "fewer than 501" in state.evaluated_reason(name, 501)
+    assert "not published" in state.trained_reason("resnet18_imagenet100_lga")
+
+    (tmp_path / "recipes").mkdir()
+    shutil.copytree(REPO / "model_cards" / name, tmp_path / "model_cards" / name,
+                    ignore=shutil.ignore_patterns("*.safetensors"))  # fmt: skip
+    recipe = yaml.safe_load((REPO / "recipes" / f"{name}.yaml").read_text())
+    (tmp_path / "recipes" / f"{name}.yaml").write_text(yaml.safe_dump({**recipe, "epochs": 5}))
+    assert "another recipe" in state.trained_reason(name, tmp_path)
+    results_path = tmp_path / "model_cards" / name / "results.json"
+    results = json.loads(results_path.read_text())
+    results_path.write_text(json.dumps({**results, "complete": False}))
+    assert "fewer than 500" in state.evaluated_reason(name, 500, tmp_path)
+    results_path.write_text(json.dumps({**results, "model": {**results["model"], "sha256": "0" * 64}}))
+    assert "other weights" in state.evaluated_reason(name, 500, tmp_path)
+    assert state.main(["evaluated", name, "500"]) == 0 and state.main(["trained"]) == 2
+
+
+def test_the_regularized_fine_tunes_differ_only_in_their_regularizer():
+    """LGA and Hessian fine-tunes share the start, data, schedule, precision and seed."""
+    lga, hessian = (
+        load_recipe(REPO / "recipes" / f"resnet18_cifar10_{kind}.yaml").to_dict()
+        for kind in ("lga", "hessian")
+    )
+    differ = {key for key in lga if lga[key] != hessian[key]}
+    assert differ == {"name", "regularizer"}

@@ -1,0 +1,65 @@
+"""What of the flagship queue is already published in this checkout (scripts/flagship_cpu.sh asks).
+
+    python scripts/flagship_state.py trained NAME       # exit 0: model_cards/NAME was trained from recipes/NAME.yaml
+    python scripts/flagship_state.py evaluated NAME N   # exit 0: its results cover >= N images of the pinned weights
+
+Exit 1 (with the reason on stderr) when the step still has to run. The queue reads the published
+files, not markers on the machine, so a new machine picks up where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def trained_reason(name: str, repo: Path = REPO) -> str | None:
+    """``None`` when ``model_cards/NAME`` holds pinned weights whose config records the recipe
+    ``recipes/NAME.yaml`` says today; else why it does not."""
+    from lga_zoo.recipe import load_recipe
+    from lga_zoo.registry import get_entry
+
+    folder = repo / "model_cards" / name
+    if get_entry(name).sha256 is None or not (folder / "config.json").is_file():
+        return f"{name} is not published"
+    recorded = json.loads((folder / "config.json").read_text())["lga_zoo"].get("recipe")
+    if recorded != load_recipe(repo / "recipes" / f"{name}.yaml").to_dict():
+        return f"{name} was published from another recipe than recipes/{name}.yaml"
+    return None
+
+
+def evaluated_reason(name: str, n_images: int, repo: Path = REPO) -> str | None:
+    """``None`` when ``model_cards/NAME/results.json`` is a complete evaluation of the pinned
+    weights on at least ``n_images`` robustness images; else why it is not."""
+    from lga_zoo.registry import get_entry
+
+    path = repo / "model_cards" / name / "results.json"
+    if not path.is_file():
+        return f"{name} has no results.json"
+    results = json.loads(path.read_text())
+    if results["model"]["sha256"] != get_entry(name).sha256:
+        return f"{name}'s results are of other weights than the pinned ones"
+    measured = results["settings"]["n_robustness"]
+    if not results.get("complete") or measured < n_images:
+        return f"{name}'s results cover {measured} images, fewer than {n_images}"
+    return None
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "trained":
+        reason = trained_reason(argv[1])
+    elif len(argv) == 3 and argv[0] == "evaluated" and argv[2].isdigit():
+        reason = evaluated_reason(argv[1], int(argv[2]))
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    if reason:
+        print(reason, file=sys.stderr)
+    return 1 if reason else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
