@@ -237,6 +237,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
 def _make_parent(path: Path) -> None:
     """Create ``path``'s folder, or say in one line why it cannot be created."""
     for parent in [path.parent, *path.parent.parents]:
@@ -289,6 +299,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         out = Path("runs") / "evaluate" / Path(args.model).name / RESULTS_NAME
     _make_parent(out)
     partial = out.with_name(out.stem + ".partial.json")
+    in_model_folder = args.publish or (own_folder is not None and out == own_folder / RESULTS_NAME)
+    state = Path(args.state) if args.state else _default_state_path(args.model, out, in_model_folder)
     results = run_evaluation(
         args.model,
         args.data_dir,
@@ -298,9 +310,21 @@ def _evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         command=command,
         on_partial=lambda so_far: atomic_write_text(partial, json.dumps(so_far, indent=2) + "\n"),
+        state_path=state,
+        resume=args.resume,
+        stop_after_seconds=args.max_minutes * 60 if args.max_minutes else None,
     )
+    if not results["complete"]:
+        atomic_write_text(partial, json.dumps(results, indent=2) + "\n")
+        print(
+            f"stopped after {results['data']['n_robustness']} of {settings.n_robustness} robustness images "
+            f"(--max-minutes); figures so far in {partial}; continue with the same command and --resume",
+            file=sys.stderr,
+        )
+        return 3
     atomic_write_text(out, json.dumps(results, indent=2) + "\n")
     partial.unlink(missing_ok=True)
+    state.unlink(missing_ok=True)
     print(
         f"accuracy {results['accuracy']['clean']:.2%} on {results['accuracy']['n_images']} images; results in {out}"
     )
@@ -321,23 +345,38 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_state_path(model: str, out: Path, in_model_folder: bool) -> Path:
+    """Where a stopped evaluation is saved: under runs/ for results that go into a model folder
+    (model_cards/NAME or a folder of one's own, which are pushed to the Hub), else beside ``out``."""
+    if in_model_folder:
+        return Path("runs") / "evaluate" / Path(model).name / "state.safetensors"
+    return out.with_name(out.stem + ".state.safetensors")
+
+
+PLACEHOLDERS = {"--data-dir": "DIR", "--out": "OUT", "--state": "STATE"}
+NOT_RECORDED = {
+    "--resume": False,
+    "--max-minutes": True,
+}  # how a run went, not what it measured: flag -> takes a value
+
+
 def _without_paths(argv: list[str]) -> list[str]:
-    """The command line as recorded in results: the data directory is ``DIR`` and an output path
-    ``OUT`` (the results name the data set and split themselves), so no machine path is published."""
-    recorded, placeholder = [], None
-    for arg in argv:
-        if placeholder:
-            recorded.append(placeholder)
-            placeholder = None
+    """The command line as recorded in results: the data directory is ``DIR``, an output path
+    ``OUT`` and a state file ``STATE`` (the results name the data set and split themselves), so no
+    machine path is published; ``--resume`` and ``--max-minutes`` are left out (they do not change
+    the figures)."""
+    recorded: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        flag, has_value, _ = arg.partition("=")
+        if flag in NOT_RECORDED:
+            if NOT_RECORDED[flag] and not has_value:
+                next(args, None)
             continue
-        flag, _, value = arg.partition("=")
-        if flag in ("--data-dir", "--out"):
-            name = "DIR" if flag == "--data-dir" else "OUT"
-            if value:
-                recorded.append(f"{flag}={name}")
-            else:
-                recorded.append(arg)
-                placeholder = name
+        if flag in PLACEHOLDERS:
+            recorded.append(f"{flag}={PLACEHOLDERS[flag]}" if has_value else arg)
+            if not has_value and next(args, None) is not None:
+                recorded.append(PLACEHOLDERS[flag])
             continue
         recorded.append(arg)
     return recorded
@@ -493,6 +532,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=100)
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--out", help="results JSON (default runs/evaluate/NAME/results.json)")
+    p.add_argument(
+        "--state",
+        help="what is measured so far, saved after every batch (default: runs/evaluate/NAME/state.safetensors, "
+        "or beside --out); removed when the evaluation completes",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the stopped evaluation saved in --state")
+    p.add_argument(
+        "--max-minutes",
+        type=_positive_float,
+        help="stop after the batch that passes this time (exit code 3); continue later with --resume",
+    )
     p.add_argument(
         "--publish",
         action="store_true",

@@ -20,6 +20,7 @@ import copy
 import math
 import platform
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -39,6 +40,7 @@ from .attacks import (
 )
 from .attribution import ALIASES, attribute, normalize_attribution, resolve_method
 from .data import ImageArrays
+from .eval_state import Measured, evaluation_fingerprint, load_state, save_state
 from .metrics import SIMILARITIES, similarities
 from .models import softplus_activations
 from .precision import use_bf16
@@ -200,20 +202,57 @@ def evaluate(
     device: str | torch.device = "cpu",
     progress: bool = True,
     on_batch: Callable[[dict[str, Any]], None] | None = None,
+    state_path: str | Path | None = None,
+    resume: bool = False,
+    stop_after_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Measure ``model`` (pixels in [0, 1] in, logits out) on ``data``; returns the ``accuracy``,
     ``robustness`` and ``data`` sections of the results JSON. ``on_batch``, if given, receives the
     same sections over the images done so far after each robustness batch but the last.
 
+    ``state_path``: save what was measured after every robustness batch (safetensors, see
+    :mod:`lga_zoo.eval_state`); ``resume=True`` continues from it with the same figures as an
+    uninterrupted run (an existing state is refused without it). ``stop_after_seconds``: end after
+    the batch that passes this time; the returned ``data.n_robustness`` says how many images are done.
+
     ``model`` is left as it was: evaluated in eval mode with everything restored after, and on
     another ``device`` through a copy."""
     device = torch.device(device)
+    state = Path(state_path) if state_path is not None else None
+    if state is not None and state.is_file() and not resume:
+        raise FileExistsError(
+            f"{state} holds a stopped evaluation; pass --resume (resume=True) to continue it, or delete it"
+        )
     model_device = next((p.device for p in model.parameters()), device)
     same_device = model_device.type == device.type and device.index in (None, model_device.index)
     if not same_device:
         model = copy.deepcopy(model).to(device)
     with preserved(model):
-        return _evaluate(model, data, settings, device, progress, on_batch)
+        return _evaluate(model, data, settings, device, progress, on_batch, state, stop_after_seconds)
+
+
+def _start(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    order: Tensor,
+    settings: EvalSettings,
+    device: torch.device,
+    progress: bool,
+) -> Measured:
+    """A fresh evaluation: the clean accuracy measured, no robustness images done."""
+    n_acc = min(settings.n_accuracy or len(labels), len(labels))
+    acc_idx = order[:n_acc] if n_acc < len(labels) else torch.arange(len(labels))
+    accuracy: dict[str, Any] = {
+        "clean": clean_accuracy(model, images[acc_idx], labels[acc_idx], 500, device, progress),
+        "n_images": n_acc,
+    }
+    per_image: dict[str, dict[str, dict[str, list[Tensor]]]] = {
+        m: {a: {s: [] for s in settings.similarities} for a in settings.attacks if a != "pgd"}
+        for m in settings.methods
+    }
+    changed = {m: {a: 0 for a in ("targeted", "topk")} for m in settings.methods}
+    return Measured(accuracy, per_image, {"linf": 0, "l2": 0}, changed)
 
 
 def _evaluate(
@@ -223,25 +262,24 @@ def _evaluate(
     device: torch.device,
     progress: bool,
     on_batch: Callable[[dict[str, Any]], None] | None,
+    state: Path | None = None,
+    stop_after_seconds: float | None = None,
 ) -> dict[str, Any]:
+    started = time.monotonic()
     images = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
     labels = torch.from_numpy(data.labels)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(settings.seed))
-    n_acc = min(settings.n_accuracy or len(labels), len(labels))
-    acc_idx = order[:n_acc] if n_acc < len(labels) else torch.arange(len(labels))
-    accuracy: dict[str, Any] = {
-        "clean": clean_accuracy(model, images[acc_idx], labels[acc_idx], 500, device, progress),
-        "n_images": n_acc,
-    }
-    rob_idx = order[: min(settings.n_robustness, len(labels))]
     generator = torch.Generator(device=device).manual_seed(settings.seed)
-    per_image: dict[str, dict[str, dict[str, list[Tensor]]]] = {
-        m: {a: {s: [] for s in settings.similarities} for a in settings.attacks if a != "pgd"}
-        for m in settings.methods
-    }
-    pgd_correct = {"linf": 0, "l2": 0}
-    changed = {m: {a: 0 for a in ("targeted", "topk")} for m in settings.methods}
-    batches = range(0, len(rob_idx), settings.batch_size)
+    fingerprint = evaluation_fingerprint(model, images, labels, settings.recorded()) if state else {}
+    if state is not None and state.is_file():
+        measured = load_state(state, fingerprint, generator)
+        if progress:
+            print(f"resumed from {state} after {measured.done} robustness images", file=sys.stderr)
+    else:
+        measured = _start(model, images, labels, order, settings, device, progress)
+    rob_idx = order[: min(settings.n_robustness, len(labels))]
+    per_image, pgd_correct, changed = measured.per_image, measured.pgd_correct, measured.changed
+    batches = range(measured.done, len(rob_idx), settings.batch_size)
     for start in tqdm(batches, desc="robustness", disable=not progress):
         idx = rob_idx[start : start + settings.batch_size]
         x = images[idx].to(device).float().div(255)
@@ -301,23 +339,27 @@ def _evaluate(
                     per_image[method][attack][name].append(
                         torch.stack([d[name] for d in draws]).mean(0).cpu()
                     )
-        if on_batch is not None and start + settings.batch_size < len(rob_idx):
-            done = min(start + settings.batch_size, len(rob_idx))
-            on_batch(_summary(accuracy, per_image, pgd_correct, changed, done, settings, data.name))
-    return _summary(accuracy, per_image, pgd_correct, changed, len(rob_idx), settings, data.name)
+        measured.done = start + len(idx)
+        if state is not None:
+            save_state(state, measured, generator, fingerprint)
+        if measured.done == len(rob_idx):
+            break
+        if on_batch is not None:
+            on_batch(_summary(measured, settings, data.name))
+        if stop_after_seconds is not None and time.monotonic() - started >= stop_after_seconds:
+            break
+    return _summary(measured, settings, data.name)
 
 
-def _summary(
-    clean: dict[str, Any],
-    per_image: dict[str, dict[str, dict[str, list[Tensor]]]],
-    pgd_correct: dict[str, int],
-    changed: dict[str, dict[str, int]],
-    n_rob: int,
-    settings: EvalSettings,
-    data_name: str,
-) -> dict[str, Any]:
-    """The ``accuracy``, ``robustness`` and ``data`` sections over the first ``n_rob`` images."""
-    accuracy = dict(clean)
+def _summary(measured: Measured, settings: EvalSettings, data_name: str) -> dict[str, Any]:
+    """The ``accuracy``, ``robustness`` and ``data`` sections over the ``measured.done`` images."""
+    n_rob, per_image, pgd_correct, changed = (
+        measured.done,
+        measured.per_image,
+        measured.pgd_correct,
+        measured.changed,
+    )
+    accuracy = dict(measured.accuracy)
     if "pgd" in settings.attacks:
         accuracy["pgd"] = {
             norm: {
@@ -372,11 +414,16 @@ def run_evaluation(
     progress: bool = True,
     command: str | None = None,
     on_partial: Callable[[dict[str, Any]], None] | None = None,
+    state_path: str | Path | None = None,
+    resume: bool = False,
+    stop_after_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Load the model and the data, evaluate, and assemble the full results JSON.
 
     ``on_partial``, if given, receives a results JSON over the robustness images done so far
     (``"complete": false``) after each batch, so a long run that is stopped still leaves its figures.
+    ``state_path``, ``resume`` and ``stop_after_seconds`` are :func:`evaluate`'s; a run that stopped
+    early returns ``"complete": false``.
     """
     from .datasets import eval_arrays
     from .hub import load
@@ -417,5 +464,8 @@ def run_evaluation(
         }
 
     on_batch = None if on_partial is None else (lambda measured: on_partial(results_json(measured, False)))
-    measured = evaluate(model, data, settings, device, progress, on_batch=on_batch)
-    return results_json(measured, True)
+    measured = evaluate(
+        model, data, settings, device, progress, on_batch, state_path, resume, stop_after_seconds
+    )
+    wanted = min(settings.n_robustness, len(data.labels))
+    return results_json(measured, measured["data"]["n_robustness"] == wanted)

@@ -287,3 +287,47 @@ def test_bf16_attacks_stay_in_the_ball_and_are_recorded(monkeypatch):
     assert 0 <= results["robustness"]["grad"]["targeted"]["topk"]["mean"] <= 1
     with pytest.raises(ValueError, match="attack_amp='fp16'"):
         EvalSettings(attack_amp="fp16")
+
+
+def _stoppable_settings(**overrides):
+    base = dict(methods=("grad",), attacks=("random", "targeted", "pgd"), n_robustness=6, attack_steps=2,
+                random_draws=2, pgd_steps=2, batch_size=2, similarities=("topk", "cosine"))  # fmt: skip
+    return EvalSettings(**{**base, **overrides})
+
+
+def test_a_stopped_evaluation_resumes_to_the_figures_of_an_uninterrupted_one(tmp_path):
+    from safetensors import safe_open
+
+    model, data = relu_cnn(), synthetic_data(8)
+    full = evaluate(model, data, _stoppable_settings(), progress=False)
+    state = tmp_path / "state.safetensors"
+    first = evaluate(
+        model, data, _stoppable_settings(), progress=False, state_path=state, stop_after_seconds=0
+    )
+    assert first["data"]["n_robustness"] == 2 and full["data"]["n_robustness"] == 6
+    with safe_open(str(state), framework="pt") as f:  # safetensors, not a pickle
+        assert f.metadata()["done"] == "2" and f.get_tensor("grad|random|topk").shape == (2,)
+    with pytest.raises(FileExistsError, match="--resume"):
+        evaluate(model, data, _stoppable_settings(), progress=False, state_path=state)
+    second = evaluate(model, data, _stoppable_settings(), progress=False, state_path=state, resume=True,
+                      stop_after_seconds=0)  # fmt: skip
+    assert second["data"]["n_robustness"] == 4
+    resumed = evaluate(model, data, _stoppable_settings(), progress=False, state_path=state, resume=True)
+    assert json.dumps(resumed, sort_keys=True) == json.dumps(full, sort_keys=True)
+
+
+def test_a_resume_with_other_settings_or_weights_is_refused(tmp_path):
+    model, data = relu_cnn(), synthetic_data(8)
+    state = tmp_path / "state.safetensors"
+    evaluate(model, data, _stoppable_settings(), progress=False, state_path=state, stop_after_seconds=0)
+    with pytest.raises(ValueError, match=r"other settings\.attack_steps"):
+        evaluate(
+            model, data, _stoppable_settings(attack_steps=3), progress=False, state_path=state, resume=True
+        )
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1
+    with pytest.raises(ValueError, match="other weights"):
+        evaluate(model, data, _stoppable_settings(), progress=False, state_path=state, resume=True)
+    state.write_bytes(b"not a state")
+    with pytest.raises(ValueError, match="not a readable evaluation state"):
+        evaluate(model, data, _stoppable_settings(), progress=False, state_path=state, resume=True)

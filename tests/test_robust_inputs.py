@@ -240,6 +240,8 @@ def test_recorded_commands_hold_no_paths():
 
     argv = ["m", "--data-dir", "/home/me/data", "--out=/tmp/r.json", "--n-images", "5"]
     assert _without_paths(argv) == ["m", "--data-dir", "DIR", "--out=OUT", "--n-images", "5"]
+    argv = ["m", "--state", "/tmp/s", "--resume", "--max-minutes", "30", "--seed", "1", "--max-minutes=5"]
+    assert _without_paths(argv) == ["m", "--state", "STATE", "--seed", "1"]
 
 
 @pytest.mark.parametrize(
@@ -253,3 +255,29 @@ def test_recorded_commands_hold_no_paths():
 def test_recipes_refuse_grey_input_and_non_finite_numbers(change, message):
     with pytest.raises(RecipeError, match=message):
         recipe_from_dict({"name": "r", "architecture": "resnet18_w16_cifar", **change})
+
+
+def test_evaluate_max_minutes_stops_and_resume_completes(tiny_cifar, tmp_path, monkeypatch, capsys):
+    """``--max-minutes`` ends after a batch with exit code 3 and the figures so far; the same command
+    with ``--resume`` completes from the saved state (removed after), recording the command without
+    the flags that only say how it ran."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["evaluate", MODEL, "--data-dir", str(tiny_cifar), "--n-images", "4", "--n-accuracy", "10"]
+    argv += ["--methods", "grad", "--attacks", "random", "--random-draws", "1", "--batch-size", "2"]
+    argv += ["--device", "cpu", "--no-progress"]
+    folder = tmp_path / "runs" / "evaluate" / MODEL
+    assert cli.main([*argv, "--max-minutes", "1e-9"]) == 3
+    assert "stopped after 2 of 4" in capsys.readouterr().err
+    partial = json.loads((folder / "results.partial.json").read_text())
+    assert partial["complete"] is False and partial["data"]["n_robustness"] == 2
+    assert (folder / "results.state.safetensors").is_file() and not (folder / "results.json").exists()
+    assert cli.main(argv) == 2  # a saved state is not overwritten without --resume
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", ["lga-zoo", *argv, "--resume", "--max-minutes", "60"])
+    assert cli.main([*argv, "--resume", "--max-minutes", "60"]) == 0
+    results = json.loads((folder / "results.json").read_text())
+    assert results["complete"] is True and results["data"]["n_robustness"] == 4
+    assert (
+        not (folder / "results.state.safetensors").exists() and not (folder / "results.partial.json").exists()
+    )
+    assert "--resume" not in results["command"] and "--max-minutes" not in results["command"]
