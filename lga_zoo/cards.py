@@ -187,14 +187,44 @@ def _images_measured(results: dict[str, Any]) -> str:
     return f"{n_images} (IG {ig['n']})" if ig.get("n") not in (None, n_images) else str(n_images)
 
 
-def comparison_section(entry: ZooEntry, family_results: dict[str, dict[str, Any]]) -> str:
-    """A table of the family's accuracy and top-k intersections (95% intervals), from each model's
-    results.json; models without results are listed as not evaluated yet."""
+def training_length(config: dict[str, Any] | None) -> str:
+    """How long a model's last training run was, from its config.json: "4 epochs over 50,000 images
+    (1,560 steps of batch 128)"; "-" when the config does not say."""
+    ours = (config or {}).get("lga_zoo", {})
+    training = ours.get("training", {})
+    epochs = training.get("epochs")
+    images = ours.get("data", {}).get("train_images")
+    batch = ours.get("recipe", {}).get("batch_size")
+    if not epochs:
+        return "-"
+    length = f"{epochs} epoch{'' if epochs == 1 else 's'}"
+    if not (images and batch):
+        return length
+    steps = epochs * (images // training.get("world_size", 1) // batch)
+    return f"{length} over {images:,} images ({steps:,} steps of batch {batch})"
+
+
+def _published_config(name: str) -> dict[str, Any] | None:
+    import json
+
+    from .folder import CONFIG_NAME
+    from .hub import model_card_dir
+
+    path = model_card_dir(name) / CONFIG_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def comparison_section(
+    entry: ZooEntry, family_results: dict[str, dict[str, Any]], config: dict[str, Any] | None = None
+) -> str:
+    """A table of the family's last training runs, accuracy and top-k intersections (95% intervals),
+    from each model's config.json and results.json (``config``: this entry's, else the published
+    one); models without results are listed as not evaluated yet."""
     family = family_of(entry)
     if len(family) < 2:
         return ""
     header = (
-        "| model | regularizer | images | accuracy | PGD L-inf | "
+        "| model | regularizer | last run | images | accuracy | PGD L-inf | "
         + " | ".join(t for *_, t in COMPARISON_COLUMNS)
         + " |"
     )
@@ -203,20 +233,24 @@ def comparison_section(entry: ZooEntry, family_results: dict[str, dict[str, Any]
         "",
         "The standard model and every model fine-tuned from it, with the same evaluation settings (top-k intersection of",
         "the map at x and at x', mean [95% interval]). `images`: the seeded test images each model was measured on",
-        "(IG maps on the first of them); the first N are the same images for every model. The control has the same",
-        "starting point and the same extra epochs as the regularized fine-tunes, without a regularizer: the gap",
-        "between a regularizer and the control is what the regularizer adds beyond more training.",
+        "(IG maps on the first of them); the first N are the same images for every model. `last run`: each model's",
+        "last training run (for a fine-tune, its extra training). The control starts from the same model as the",
+        "regularized fine-tunes and trains without a regularizer: the gap between a regularizer and a control that",
+        "trained at least as long is what the regularizer adds beyond more training.",
         "",
         header,
-        "|---|---|---:|---:|---:|" + "---:|" * len(COMPARISON_COLUMNS),
+        "|---|---|---|---:|---:|---:|" + "---:|" * len(COMPARISON_COLUMNS),
     ]
     for member in family:
         name = f"**{member.name}**" if member.name == entry.name else member.name
+        member_config = config if member.name == entry.name and config else _published_config(member.name)
+        run = training_length(member_config) if member.has_weights else "-"
         results = family_results.get(member.name)
         if not results:
             status = "not evaluated yet" if member.has_weights else "not published yet"
             lines.append(
-                f"| {name} | {member.regularizer['name']} | {status} |" + " |" * (len(COMPARISON_COLUMNS) + 2)
+                f"| {name} | {member.regularizer['name']} | {run} | {status} |"
+                + " |" * (len(COMPARISON_COLUMNS) + 2)
             )
             continue
         accuracy = results["accuracy"]
@@ -233,7 +267,7 @@ def comparison_section(entry: ZooEntry, family_results: dict[str, dict[str, Any]
                 if value is None
                 else f"{value['mean']:.3f} [{value['ci95'][0]:.3f}, {value['ci95'][1]:.3f}]"
             )
-        lines.append(f"| {name} | {member.regularizer['name']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {member.regularizer['name']} | {run} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n"
 
 
@@ -256,7 +290,7 @@ def render_card(
     trained = ""
     if training:
         trained = (
-            f"Its last training run: {training.get('epochs')} epochs on {training.get('world_size', 1)} "
+            f"Its last training run: {training_length(config)} on {training.get('world_size', 1)} "
             f"{training.get('device', '?')} process(es) (the commands above list every run); final "
             f"test accuracy in training "
             f"{training.get('final_test_acc', float('nan')):.2%}.\n\n"
@@ -304,7 +338,7 @@ Classes: {", ".join(entry.classes)}.
 {trained}{note}## Evaluation
 
 {_evaluation_section(results)}
-{comparison_section(entry, {**(family_results or {}), **({entry.name: results} if results else {})})}## Limitations
+{comparison_section(entry, {**(family_results or {}), **({entry.name: results} if results else {})}, config)}## Limitations
 
 - Trained and evaluated on {data_name} only: {entry.input_size[1]}x{entry.input_size[2]} images of {len(entry.classes)} classes.
   A photo of anything else is still assigned one of these classes.

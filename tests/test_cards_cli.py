@@ -214,7 +214,8 @@ def test_the_comparison_names_how_many_images_each_model_was_measured_on():
     card = (REPO / "model_cards" / "resnet18_cifar10_control" / "README.md").read_text()
     row = next(line for line in card.splitlines() if line.startswith("| **resnet18_cifar10_control** |"))
     results = json.loads((REPO / "model_cards" / "resnet18_cifar10_control" / "results.json").read_text())
-    assert row.split(" | ")[2] == _images_measured(results)
+    assert row.split(" | ")[3] == _images_measured(results)
+    assert row.split(" | ")[2] == "4 epochs over 50,000 images (1,560 steps of batch 128)"  # config.json
     board_row = next(
         line for line in leaderboard_markdown().splitlines() if "| resnet18_cifar10_control |" in line
     )
