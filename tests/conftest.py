@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lga_zoo.data import CIFAR10_CLASSES
@@ -79,3 +80,34 @@ def captum_attribution(model, x, target, method: str):
     return NoiseTunnel(Saliency(model)).attribute(
         x, nt_type="smoothgrad", nt_samples=25, stdevs=0.15, target=target, abs=False
     )
+
+
+def record_logit_dtypes(monkeypatch) -> list:
+    """The dtype of the logits of every training step from now on (the autocast actually used)."""
+    import lga_zoo.train as train_module
+
+    seen = []
+    real_forward = train_module.LossStep.forward
+
+    def record_dtype(self, x, y, generator=None):
+        loss, logits, parts = real_forward(self, x, y, generator)
+        seen.append(logits.dtype)
+        return loss, logits, parts
+
+    monkeypatch.setattr(train_module.LossStep, "forward", record_dtype)
+    return seen
+
+
+def record_attack_autocast(monkeypatch) -> list:
+    """Whether CPU autocast was on at every targeted attack of an evaluation from now on."""
+    import lga_zoo.evaluate as evaluate_module
+
+    seen = []
+    real_attack = evaluate_module.targeted_attribution_attack
+
+    def recording_attack(model, x, *args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return real_attack(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "targeted_attribution_attack", recording_attack)
+    return seen

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import record_attack_autocast
 from torch import nn
 
 import lga_zoo
@@ -268,16 +269,7 @@ def test_slow_methods_on_fewer_images_leave_the_gradient_figures_unchanged():
 
 
 def test_bf16_attacks_stay_in_the_ball_and_are_recorded(monkeypatch):
-    import lga_zoo.evaluate as evaluate_module
-
-    seen = []
-    real_attack = evaluate_module.targeted_attribution_attack
-
-    def recording_attack(model, x, *args, **kwargs):
-        seen.append(torch.is_autocast_enabled("cpu"))
-        return real_attack(model, x, *args, **kwargs)
-
-    monkeypatch.setattr(evaluate_module, "targeted_attribution_attack", recording_attack)
+    seen = record_attack_autocast(monkeypatch)
     data = synthetic_data(4)
     settings = EvalSettings(methods=("grad",), attacks=("targeted",), n_robustness=4, attack_steps=3,
                             batch_size=4, attack_amp="bf16", similarities=("topk",))  # fmt: skip

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import record_attack_autocast
 from PIL import Image
 
 import lga_zoo
@@ -202,16 +203,7 @@ def test_bf16_attacks_fall_back_to_fp32_on_a_cpu_without_native_bf16(native, tin
                                                                      monkeypatch, capsys):  # fmt: skip
     """``--attack-amp bf16`` runs in fp32 where the CPU has no bf16 kernels (there it is many times
     slower), says so, and the results record the precision that was run."""
-    import lga_zoo.evaluate as evaluate_module
-
-    seen = []
-    real_attack = evaluate_module.targeted_attribution_attack
-
-    def recording_attack(model, x, *args, **kwargs):
-        seen.append(torch.is_autocast_enabled("cpu"))
-        return real_attack(model, x, *args, **kwargs)
-
-    monkeypatch.setattr(evaluate_module, "targeted_attribution_attack", recording_attack)
+    seen = record_attack_autocast(monkeypatch)
     monkeypatch.setattr("lga_zoo.precision.cpu_has_native_bf16", lambda: native)
     monkeypatch.chdir(tmp_path)
     argv = ["evaluate", MODEL, "--data-dir", str(tiny_cifar), "--n-images", "2", "--n-accuracy", "10"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import kill_after_saves
+from conftest import kill_after_saves, record_logit_dtypes
 from safetensors.torch import load_file
 
 from lga_zoo.folder import load_model_folder
@@ -256,17 +256,7 @@ def test_a_fresh_run_never_overwrites_a_checkpoint(tiny_cifar, tmp_path):
 
 
 def test_progress_log_and_bf16_autocast_on_the_cpu(tiny_cifar, tmp_path, monkeypatch):
-    import lga_zoo.train as train_module
-
-    seen_dtypes = []
-    real_forward = train_module.LossStep.forward
-
-    def record_dtype(self, x, y, generator=None):
-        loss, logits, parts = real_forward(self, x, y, generator)
-        seen_dtypes.append(logits.dtype)
-        return loss, logits, parts
-
-    monkeypatch.setattr(train_module.LossStep, "forward", record_dtype)
+    seen_dtypes = record_logit_dtypes(monkeypatch)
     monkeypatch.setattr("lga_zoo.precision.cpu_has_native_bf16", lambda: True)
     folder = train(
         tiny_recipe(epochs=1, amp="bf16"),
@@ -288,17 +278,7 @@ def test_progress_log_and_bf16_autocast_on_the_cpu(tiny_cifar, tmp_path, monkeyp
 def test_bf16_recipe_trains_in_fp32_on_a_cpu_without_native_bf16(tiny_cifar, tmp_path, monkeypatch, capsys):
     """Where oneDNN has no bf16 kernels (an AVX2-only CPU), bf16 autocast is many times slower than
     fp32: ``amp: bf16`` then trains in fp32, says so, and config.json records what was run."""
-    import lga_zoo.train as train_module
-
-    seen_dtypes = []
-    real_forward = train_module.LossStep.forward
-
-    def record_dtype(self, x, y, generator=None):
-        loss, logits, parts = real_forward(self, x, y, generator)
-        seen_dtypes.append(logits.dtype)
-        return loss, logits, parts
-
-    monkeypatch.setattr(train_module.LossStep, "forward", record_dtype)
+    seen_dtypes = record_logit_dtypes(monkeypatch)
     monkeypatch.setattr("lga_zoo.precision.cpu_has_native_bf16", lambda: False)
     folder = train(tiny_recipe(epochs=1, amp="bf16"), tiny_cifar, tmp_path, device="cpu", progress=False)
     assert seen_dtypes and set(seen_dtypes) == {torch.float32}
