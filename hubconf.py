@@ -1,6 +1,6 @@
 """torch.hub entry points of lga-zoo: one per zoo model.
 
-    model = torch.hub.load("lga-zoo/lga_zoo", "resnet18_w16_cifar10_lga", trust_repo=True)
+    model = torch.hub.load("lga-zoo/lga_zoo", "resnet18_cifar10_lga", trust_repo=True)
     exp = model.explain(image)
 
 Weights come from this clone's model_cards/NAME/ folder, the Hugging Face cache or the Hub, and are

@@ -1,7 +1,7 @@
 """lga-zoo: image classifiers trained for robust interpretation, with ``.explain()`` built in.
 
 import lga_zoo
-model = lga_zoo.load("resnet18_w16_cifar10_lga")
+model = lga_zoo.load("resnet18_cifar10_lga")
 exp = model.explain(image)          # exp.attribution: (B, H, W) normalized map
 lga_zoo.list_models("*lga*")
 """

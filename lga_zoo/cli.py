@@ -299,8 +299,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         out = Path("runs") / "evaluate" / Path(args.model).name / RESULTS_NAME
     _make_parent(out)
     partial = out.with_name(out.stem + ".partial.json")
-    in_model_folder = args.publish or (own_folder is not None and out == own_folder / RESULTS_NAME)
-    state = Path(args.state) if args.state else _default_state_path(args.model, out, in_model_folder)
+    state = Path(args.state) if args.state else _default_state_path(args.model, out, args.publish)
     results = run_evaluation(
         args.model,
         args.data_dir,
@@ -345,10 +344,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_state_path(model: str, out: Path, in_model_folder: bool) -> Path:
-    """Where a stopped evaluation is saved: under runs/ for results that go into a model folder
-    (model_cards/NAME or a folder of one's own, which are pushed to the Hub), else beside ``out``."""
-    if in_model_folder:
+def _default_state_path(model: str, out: Path, publish: bool) -> Path:
+    """Where a stopped evaluation is saved: beside its results, but under runs/ for published results
+    (model_cards/ is pushed to the Hub)."""
+    if publish:
         return Path("runs") / "evaluate" / Path(model).name / "state.safetensors"
     return out.with_name(out.stem + ".state.safetensors")
 

@@ -15,11 +15,17 @@ from lga_zoo.metrics import topk_intersection
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.jpg"))
-MAIN_JOB_MODEL = "resnet18_w16_cifar10_lga"  # the README's main job
+MODEL = "resnet18_w16_cifar10_lga"  # narrow and fast: the stability and compare mechanics
+MAIN_JOB_MODEL = "resnet18_cifar10_lga"  # the README's main job
 
 
 @pytest.fixture(scope="module")
 def model():
+    return lga_zoo.load(MODEL)
+
+
+@pytest.fixture(scope="module")
+def main_job_model():
     return lga_zoo.load(MAIN_JOB_MODEL)
 
 
@@ -81,7 +87,7 @@ def test_overlay_can_show_the_stability(model, photos):
 
 
 def test_compare_numbers_match_an_independent_computation(photos, tmp_path):
-    names = ["resnet18_w16_cifar10_standard", MAIN_JOB_MODEL]
+    names = ["resnet18_w16_cifar10_standard", MODEL]
     result = compare(photos[0], names, attack="noise", seed=3)
     assert [row.model for row in result.rows] == names
     for name, row in zip(names, result.rows):
@@ -108,11 +114,18 @@ def test_targeted_comparison_moves_the_map_more_than_noise(photos):
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_each_bundled_example_is_predicted_as_its_file_name(model, path):
+def test_each_bundled_example_is_predicted_as_its_file_name(main_job_model, path):
     true_class = path.stem.split("_")[0]
     assert true_class in CIFAR10_CLASSES
-    classes, _ = model.predict(Image.open(path))
-    assert model.labels[classes.item()] == true_class
+    classes, _ = main_job_model.predict(Image.open(path))
+    assert main_job_model.labels[classes.item()] == true_class
+
+
+def test_the_readme_main_job_and_ci_explain_with_the_main_job_model():
+    readme = (REPO / "README.md").read_text()
+    main_job = next(line for line in readme.splitlines() if line.startswith("python3 -m venv .venv"))
+    assert f"lga-zoo explain examples/cat.jpg --model {MAIN_JOB_MODEL} " in main_job
+    assert f"--model {MAIN_JOB_MODEL} " in (REPO / ".ci" / "run").read_text()
 
 
 def test_examples_cover_every_class_and_have_a_readme():
@@ -124,12 +137,12 @@ def test_examples_cover_every_class_and_have_a_readme():
 def test_cli_explain_several_images_with_stability_and_compare(tmp_path, capsys):
     images = [str(REPO / "examples" / "cat.jpg"), str(REPO / "examples" / "dog.jpg")]
     out = tmp_path / "maps"
-    assert cli.main(["explain", *images, "--model", MAIN_JOB_MODEL, "--out", str(out), "--stability"]) == 0
+    assert cli.main(["explain", *images, "--model", MODEL, "--out", str(out), "--stability"]) == 0
     printed = capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["cat_grad.png", "dog_grad.png"]
     assert printed.count("stability: top-k") == 2
     figure = tmp_path / "compare.png"
-    names = "resnet18_w16_cifar10_standard," + MAIN_JOB_MODEL
+    names = "resnet18_w16_cifar10_standard," + MODEL
     argv = [
         "compare",
         images[0],
@@ -146,5 +159,5 @@ def test_cli_explain_several_images_with_stability_and_compare(tmp_path, capsys)
     assert "top-k intersection" in capsys.readouterr().out
     with Image.open(figure) as picture:
         assert picture.width >= 400 and picture.height >= 200
-    assert cli.main(["explain", str(tmp_path), "--model", MAIN_JOB_MODEL]) == 2
+    assert cli.main(["explain", str(tmp_path), "--model", MODEL]) == 2
     assert "is a folder" in capsys.readouterr().err
