@@ -32,10 +32,11 @@ train() {  # train NAME: recipes/NAME.yaml into $RUNS/NAME/run (resumed when it 
   lga-zoo train "recipes/$1.yaml" --data-dir "$DATA" --out "$out" $resume --no-progress --checkpoint-minutes 10 \
     && lga-zoo publish "$1" --from "$out"
 }
-evaluate() {  # evaluate NAME N N_SLOW: N robustness images (IG on N_SLOW), published; a copy kept in $RUNS
+evaluate() {  # evaluate NAME N N_SLOW: N robustness images (IG on N_SLOW), published; a copy kept in $RUNS.
+  # --resume continues a stopped evaluation from runs/evaluate/NAME/state.safetensors (a fresh one starts without it)
   python scripts/flagship_state.py evaluated "$1" "$2" && return 0
   lga-zoo evaluate "$1" --data-dir "$DATA" --n-images "$2" --n-images-slow "$3" --methods grad,ig \
-    --attack-map grad --attack-amp bf16 --batch-size 50 --publish --no-progress || return 1
+    --attack-map grad --attack-amp bf16 --batch-size 50 --publish --no-progress --resume || return 1
   mkdir -p "$RUNS/$1" && cp "model_cards/$1/results.json" "$RUNS/$1/results_$2.json"
 }
 step train_control train resnet18_cifar10_control
