@@ -78,7 +78,8 @@ def test_card_front_matter_carries_the_results():
 
 
 def test_published_cards_registry_and_results_agree():
-    """For every model folder in model_cards/: card, registry entry and results.json say the same."""
+    """For every model folder in model_cards/: card, registry entry and results.json say the same
+    (a model not evaluated yet has no results.json and no metrics)."""
     folders = (
         sorted(p for p in (REPO / "model_cards").iterdir() if p.is_dir())
         if (REPO / "model_cards").is_dir()
@@ -88,9 +89,11 @@ def test_published_cards_registry_and_results_agree():
         pytest.skip("no model_cards/ folders yet")
     for folder in folders:
         entry = registry.get_entry(folder.name)
-        results = json.loads((folder / "results.json").read_text())
-        assert results["model"]["name"] == entry.name
-        assert results["model"]["sha256"] == entry.sha256
+        path = folder / "results.json"
+        results = json.loads(path.read_text()) if path.is_file() else None
+        if results is not None:
+            assert results["model"]["name"] == entry.name
+            assert results["model"]["sha256"] == entry.sha256
         assert entry.metrics == summary_metrics(results)
         card = (folder / "README.md").read_text()
         config = json.loads((folder / "config.json").read_text())
