@@ -313,8 +313,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         resume=args.resume,
         stop_after_seconds=args.max_minutes * 60 if args.max_minutes else None,
     )
-    if not results["complete"]:
-        atomic_write_text(partial, json.dumps(results, indent=2) + "\n")
+    if not results["complete"]:  # on_partial has written the figures so far after the last batch
         print(
             f"stopped after {results['data']['n_robustness']} of {settings.n_robustness} robustness images "
             f"(--max-minutes); figures so far in {partial}; continue with the same command and --resume",
