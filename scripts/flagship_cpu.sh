@@ -42,9 +42,9 @@ evaluate() {  # evaluate NAME N N_SLOW: N robustness images (IG on N_SLOW), publ
 step train_control train resnet18_cifar10_control
 step eval_control_500 evaluate resnet18_cifar10_control 500 200
 step train_lga train resnet18_cifar10_lga
-step eval_lga_500 evaluate resnet18_cifar10_lga 500 200
-step eval_standard_500 evaluate resnet18_cifar10_standard 500 200
 step train_hessian train resnet18_cifar10_hessian
 step eval_hessian_500 evaluate resnet18_cifar10_hessian 500 200
+step eval_lga_500 evaluate resnet18_cifar10_lga 500 200
+step eval_standard_500 evaluate resnet18_cifar10_standard 500 200
 step bench_train_step sh -c "python benchmarks/train_step.py --arch resnet18_cifar --regularizers none,lga,hessian --steps 3 > '$Q/train_step_resnet18_cifar.md'"
 log "queue finished"
