@@ -250,8 +250,7 @@ def test_bf16_autocast_keeps_the_regularizer_parameter_gradient_on_a_trained_sof
         assert (out.logits.dtype == torch.bfloat16) == use_bf16
         grads = torch.autograd.grad(regularizer_term, params)
         flat_grads.append(torch.cat([g.float().flatten() for g in grads]))
-    cosine = F.cosine_similarity(flat_grads[0], flat_grads[1], dim=0)
-    assert cosine >= 0.95
+    assert F.cosine_similarity(flat_grads[0], flat_grads[1], dim=0) >= 0.95
 
 
 def test_label_smoothing_applies_to_the_cross_entropy_term():
