@@ -33,10 +33,13 @@ train() {  # train NAME: recipes/NAME.yaml into $RUNS/NAME/run (resumed when it 
     && lga-zoo publish "$1" --from "$out"
 }
 evaluate() {  # evaluate NAME N N_SLOW: N robustness images (IG on N_SLOW), published; a copy kept in $RUNS.
-  # --resume continues a stopped evaluation from runs/evaluate/NAME/state.safetensors (a fresh one starts without it)
+  # --resume continues a stopped evaluation from its state in $RUNS/NAME (outside the work tree, which a
+  # new session lays anew); a fresh one starts without it. The state is refused on a CPU of the other kind
+  # (bf16 attacks where the CPU has native bf16, fp32 elsewhere): delete it there to start afresh.
   python scripts/flagship_state.py evaluated "$1" "$2" && return 0
   lga-zoo evaluate "$1" --data-dir "$DATA" --n-images "$2" --n-images-slow "$3" --methods grad,ig \
-    --attack-map grad --attack-amp bf16 --batch-size 50 --publish --no-progress --resume || return 1
+    --attack-map grad --attack-amp bf16 --batch-size 50 --publish --no-progress \
+    --state "$RUNS/$1/eval_state_$2.safetensors" --resume || return 1
   mkdir -p "$RUNS/$1" && cp "model_cards/$1/results.json" "$RUNS/$1/results_$2.json"
 }
 step train_control train resnet18_cifar10_control
