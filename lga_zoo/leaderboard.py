@@ -36,7 +36,9 @@ def leaderboard_markdown() -> str:
         cells = []
         for key, _, percent in COLUMNS:
             value = entry.metrics.get(key)
-            cells.append("-" if value is None else (f"{value:.2%}" if percent else f"{value:.3f}"))
+            # the registry's values are rounded to 4 digits (cards.summary_metrics): shown as stored, since
+            # rounding them again to 3 could disagree with the cards (0.20653 -> 0.2065 -> "0.206")
+            cells.append("-" if value is None else (f"{value:.2%}" if percent else f"{value:.4f}"))
         rows.append(
             f"| {entry.name} | {entry.num_params / 1e6:.2f}M | {entry.regularizer['name']} | "
             f"{entry.metrics.get('n_robustness', '-')} | " + " | ".join(cells) + " |\n"
