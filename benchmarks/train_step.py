@@ -3,11 +3,14 @@ each regularizer, precision and memory format, and its cost relative to plain tr
 
     python benchmarks/train_step.py [--arch resnet18_cifar] [--activation softplus] [--batch 128]
                                     [--steps 5] [--regularizers none,lga,hessian] [--compile]
+                                    [--fused-softplus]
 
 Prints a Markdown table: fp32 and bf16 autocast, contiguous (NCHW) and channels_last, on the CPU
 (and CUDA when present); ``--compile`` adds ``torch.compile`` rows for the plain step. Random pixels
 and labels: speed does not depend on the data. On a CPU without native bf16 kernels (AVX2 only) the
 bf16 rows are left out, because there a single bf16 LGA step takes minutes; ``--bf16-anyway`` times them.
+``--fused-softplus`` times the CPU rows with :class:`lga_zoo.fused_softplus.FusedSoftplus`, as the
+trainer runs them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 import torch
 
 import lga_zoo
+from lga_zoo.fused_softplus import fuse_softplus
 from lga_zoo.models import create_backbone
 from lga_zoo.precision import bf16_pays_off, cpu_has_native_bf16
 from lga_zoo.regularizers import build_regularizer
@@ -42,6 +46,8 @@ def images_per_second(
     """Images per second of ``args.steps`` timed training steps after two warm-up steps."""
     torch.manual_seed(0)
     backbone = create_backbone(args.arch, 10, args.activation, args.softplus_beta)
+    if args.fused_softplus and device.type == "cpu":
+        fuse_softplus(backbone)
     model = lga_zoo.wrap(backbone, input_size=(3, 32, 32)).to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -81,6 +87,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--regularizers", default="none,lga,hessian", help=f"from {list(REGULARIZERS)}")
     parser.add_argument("--compile", action="store_true", help="add torch.compile rows (plain step)")
+    parser.add_argument("--fused-softplus", action="store_true", help="FusedSoftplus on the CPU (as trained)")
     parser.add_argument("--bf16-anyway", action="store_true", help="time bf16 on a CPU without native bf16")
     args = parser.parse_args()
     names = [n.strip() for n in args.regularizers.split(",") if n.strip()]
@@ -90,7 +97,7 @@ def main() -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, arch {args.arch} "
-        f"({args.activation}), batch {args.batch}, {args.steps} timed steps, "
+        f"({args.activation}{', fused on the CPU' if args.fused_softplus else ''}), batch {args.batch}, {args.steps} timed steps, "
         f"native bf16 on this CPU: {cpu_has_native_bf16()}\n"
     )
     print(

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from .datasets import TrainingData, dataset_classes, prepare_data
 from .folder import build_config, remove_stale_temporaries, write_model_folder
+from .fused_softplus import fuse_softplus
 from .models import ExplainableClassifier, create_backbone
 from .precision import use_bf16
 from .recipe import Recipe, load_recipe
@@ -597,6 +598,8 @@ def train(
 
     torch.manual_seed(recipe.seed + rank)
     model, data = prepare_model_and_data(recipe, data_dir, rank, world_size, workers)
+    if device.type == "cpu":
+        fuse_softplus(model)  # our own model: CPU softplus in one compiled kernel (lga_zoo.fused_softplus)
     regularizer = build_regularizer(
         recipe.regularizer["name"], label_smoothing=recipe.label_smoothing, **recipe.regularizer_params()
     )

@@ -1,0 +1,83 @@
+"""Softplus(beta) for training on the CPU: the same function as ``nn.Softplus``, about three times
+faster (forward and backward of one bf16 activation map; a whole ResNet-18 step gains about 10%).
+
+PyTorch's CPU softplus kernel spends most of its time in an elementwise ``log1p`` that is not
+vectorized (a bf16 ResNet-18 step with ReLU runs about a third faster than with Softplus beta 3).
+:class:`FusedSoftplus` computes ``relu(x) + log(1 + exp(-beta |x|)) / beta`` (exactly softplus, with
+no overflow for any x) in fp32 in one ``torch.compile``-d kernel and casts back to the input's dtype;
+its backward, ``grad * sigmoid(beta x)``, is made of differentiable ops, so double backward (LGA,
+the Hessian norm) works. Off the CPU, or where ``torch.compile`` cannot build the kernel (no C++
+compiler), it is plain ``nn.Softplus`` (the latter with one warning).
+
+The trainer puts it into the model it trains on the CPU (:func:`fuse_softplus`); published models
+load with plain ``nn.Softplus`` (neither has parameters, so the weights are the same). Unlike
+``nn.Softplus`` it has no linear regime above ``threshold`` (it differs there by < exp(-20) / beta). Measured by
+``python benchmarks/train_step.py --fused-softplus``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+_compiled_kernel = None
+_compile_failed = False
+
+
+def _softplus_fp32(x: Tensor, beta: float) -> Tensor:
+    """Softplus of ``x`` computed in fp32 (or fp64 for fp64), returned in ``x``'s dtype (the kernel
+    that is compiled)."""
+    x32 = x if x.dtype == torch.float64 else x.float()
+    return (torch.relu(x32) + torch.log(1 + torch.exp(-beta * x32.abs())) / beta).to(x.dtype)
+
+
+def _kernel():
+    """The compiled kernel, built on first use; None where torch.compile is not usable."""
+    global _compiled_kernel, _compile_failed
+    if _compiled_kernel is None and not _compile_failed:
+        _compiled_kernel = torch.compile(_softplus_fp32, dynamic=True)
+    return _compiled_kernel
+
+
+class _SoftplusFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, beta: float) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.beta = beta
+        return _kernel()(x, beta)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (x,) = ctx.saved_tensors
+        return grad * torch.sigmoid(ctx.beta * x), None
+
+
+class FusedSoftplus(nn.Softplus):
+    """``nn.Softplus(beta)`` whose CPU forward runs one fused kernel (see the module docstring)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        global _compile_failed
+        if x.device.type != "cpu" or _compile_failed or _kernel() is None:
+            return super().forward(x)
+        try:
+            return _SoftplusFunction.apply(x, float(self.beta))
+        except Exception as error:  # the compiler is missing or failed: fall back for good
+            _compile_failed = True
+            warnings.warn(
+                f"FusedSoftplus: torch.compile could not build the CPU kernel ({type(error).__name__}); "
+                "using nn.Softplus",
+                stacklevel=2,
+            )
+            return super().forward(x)
+
+
+def fuse_softplus(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.Softplus`` in ``module`` by a :class:`FusedSoftplus` of the same beta and
+    threshold, in place; returns ``module``. For a model one built oneself (the trainer's own)."""
+    for parent in module.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Softplus:
+                setattr(parent, name, FusedSoftplus(beta=child.beta, threshold=child.threshold))
+    return module
