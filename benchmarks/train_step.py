@@ -9,8 +9,8 @@ Prints a Markdown table: fp32 and bf16 autocast, contiguous (NCHW) and channels_
 (and CUDA when present); ``--compile`` adds ``torch.compile`` rows for the plain step. Random pixels
 and labels: speed does not depend on the data. On a CPU without native bf16 kernels (AVX2 only) the
 bf16 rows are left out, because there a single bf16 LGA step takes minutes; ``--bf16-anyway`` times them.
-``--fused-softplus`` times the CPU rows with :class:`lga_zoo.fused_softplus.FusedSoftplus`, as the
-trainer runs them.
+``--fused-softplus`` adds, below each CPU row, the same step with
+:class:`lga_zoo.fused_softplus.FusedSoftplus` (as the trainer runs it).
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ def images_per_second(
     amp: bool,
     channels_last: bool,
     compiled: bool = False,
+    fused: bool = False,
 ) -> float:
     """Images per second of ``args.steps`` timed training steps after two warm-up steps."""
     torch.manual_seed(0)
     backbone = create_backbone(args.arch, 10, args.activation, args.softplus_beta)
-    if args.fused_softplus and device.type == "cpu":
+    if fused:
         fuse_softplus(backbone)
     model = lga_zoo.wrap(backbone, input_size=(3, 32, 32)).to(device).train()
     if channels_last:
@@ -87,7 +88,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--regularizers", default="none,lga,hessian", help=f"from {list(REGULARIZERS)}")
     parser.add_argument("--compile", action="store_true", help="add torch.compile rows (plain step)")
-    parser.add_argument("--fused-softplus", action="store_true", help="FusedSoftplus on the CPU (as trained)")
+    parser.add_argument("--fused-softplus", action="store_true", help="add FusedSoftplus rows (CPU)")
     parser.add_argument("--bf16-anyway", action="store_true", help="time bf16 on a CPU without native bf16")
     args = parser.parse_args()
     names = [n.strip() for n in args.regularizers.split(",") if n.strip()]
@@ -97,7 +98,7 @@ def main() -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, arch {args.arch} "
-        f"({args.activation}{', fused on the CPU' if args.fused_softplus else ''}), batch {args.batch}, {args.steps} timed steps, "
+        f"({args.activation}), batch {args.batch}, {args.steps} timed steps, "
         f"native bf16 on this CPU: {cpu_has_native_bf16()}\n"
     )
     print(
@@ -109,15 +110,18 @@ def main() -> None:
         for amp in precisions:
             for channels_last in (False, True):
                 plain = None
+                kernels = (False, True) if args.fused_softplus and device.type == "cpu" else (False,)
                 for name in names:
-                    rate = images_per_second(device, args, name, amp, channels_last)
-                    plain = plain or rate
-                    print(
-                        f"| {device.type} | {'bf16' if amp else 'fp32'} | "
-                        f"{'channels_last' if channels_last else 'NCHW'} | {name} | {rate:.1f} | "
-                        f"{50_000 / rate:.0f} | {plain / rate:.2f}x |",
-                        flush=True,
-                    )
+                    for fused in kernels:
+                        rate = images_per_second(device, args, name, amp, channels_last, fused=fused)
+                        plain = plain or rate
+                        print(
+                            f"| {device.type} | {'bf16' if amp else 'fp32'} | "
+                            f"{'channels_last' if channels_last else 'NCHW'} | "
+                            f"{name}{', FusedSoftplus' if fused else ''} | {rate:.1f} | "
+                            f"{50_000 / rate:.0f} | {plain / rate:.2f}x |",
+                            flush=True,
+                        )
         if args.compile:
             for amp in precisions:
                 rate = images_per_second(device, args, "none", amp, True, compiled=True)

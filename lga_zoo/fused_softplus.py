@@ -11,8 +11,8 @@ compiler), it is plain ``nn.Softplus`` (the latter with one warning).
 
 The trainer puts it into the model it trains on the CPU (:func:`fuse_softplus`); published models
 load with plain ``nn.Softplus`` (neither has parameters, so the weights are the same). Unlike
-``nn.Softplus`` it has no linear regime above ``threshold`` (it differs there by < exp(-20) / beta). Measured by
-``python benchmarks/train_step.py --fused-softplus``.
+``nn.Softplus`` it has no linear regime above ``threshold`` (it differs there by < exp(-20) / beta).
+Measured by ``python benchmarks/train_step.py --fused-softplus``.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ def _softplus_fp32(x: Tensor, beta: float) -> Tensor:
 
 
 def _kernel():
-    """The compiled kernel, built on first use; None where torch.compile is not usable."""
-    global _compiled_kernel, _compile_failed
-    if _compiled_kernel is None and not _compile_failed:
+    """The compiled kernel, built on first use (torch.compile is lazy: a missing compiler shows on
+    the first call)."""
+    global _compiled_kernel
+    if _compiled_kernel is None:
         _compiled_kernel = torch.compile(_softplus_fp32, dynamic=True)
     return _compiled_kernel
 
@@ -59,7 +60,7 @@ class FusedSoftplus(nn.Softplus):
 
     def forward(self, x: Tensor) -> Tensor:
         global _compile_failed
-        if x.device.type != "cpu" or _compile_failed or _kernel() is None:
+        if x.device.type != "cpu" or _compile_failed:
             return super().forward(x)
         try:
             return _SoftplusFunction.apply(x, float(self.beta))

@@ -96,16 +96,11 @@ pack() {  # PACK: manifest.json, publish.tar.gz (the published files but weights
   rm -rf "$PACK.partial" && mkdir -p "$PACK.partial"
   local files=() name
   for name in "${MODELS[@]}"; do files+=("$TREE/model_cards/$name/model.safetensors"); done
-  "$PY" - "$PACK.partial/manifest.json" "${files[@]}" << 'EOF'
-import hashlib, json, os, sys
+  PYTHONPATH="$TREE${PYTHONPATH:+:$PYTHONPATH}" "$PY" - "$PACK.partial/manifest.json" "${files[@]}" << 'EOF'
+import json, os, sys
+from lga_zoo.folder import sha256_of
 out, paths = sys.argv[1], sys.argv[2:]
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-models = [{"name": p.split("/")[-2], "bytes": os.path.getsize(p), "sha256": sha256(p)} for p in paths]
+models = [{"name": p.split("/")[-2], "bytes": os.path.getsize(p), "sha256": sha256_of(p)} for p in paths]
 json.dump({"models": models}, open(out, "w"), indent=1)
 EOF
   cat "${files[@]}" | split -b "$CHUNK_BYTES" -d -a 2 - "$PACK.partial/weights."
