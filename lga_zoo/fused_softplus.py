@@ -1,6 +1,5 @@
-"""Softplus(beta) for training on the CPU: the same function as ``nn.Softplus``, about three times
-faster (forward and backward of one bf16 activation map); a bf16 ResNet-18 plain step about 25%
-faster, an LGA step about 8%.
+"""Softplus(beta) for training on the CPU: the same function as ``nn.Softplus``, faster: a bf16
+ResNet-18 plain step about 25%, an LGA step about 8% (``benchmarks/train_step.py --fused-softplus``).
 
 PyTorch's CPU softplus kernel spends most of its time in an elementwise ``log1p`` that is not
 vectorized (a bf16 ResNet-18 step with ReLU runs about a third faster than with Softplus beta 3).
