@@ -241,15 +241,27 @@ def comparison_section(
         header,
         "|---|---|---|---:|---:|---:|" + "---:|" * len(COMPARISON_COLUMNS),
     ]
+    standard = family[0]
+    earlier_inits: set[str] = set()  # sha256 of the standard weights the starred rows started from
     for member in family:
         name = f"**{member.name}**" if member.name == entry.name else member.name
         member_config = config if member.name == entry.name and config else _published_config(member.name)
+        init_sha256 = _init_sha256(member_config)
+        if (
+            member is not standard
+            and member.has_weights
+            and standard.sha256
+            and init_sha256 not in (None, standard.sha256)
+        ):
+            earlier_inits.add(init_sha256)
+            name += " *"
         run = training_length(member_config) if member.has_weights else "-"
         results = family_results.get(member.name)
         if not results:
             status = "not evaluated yet" if member.has_weights else "not published yet"
             lines.append(
-                f"| {name} | {member.regularizer['name']} | {run} | {status} |"
+                f"| {name} | {member.regularizer['name']} | {run} | {status} | "
+                + _training_accuracy(member_config)
                 + " |" * (len(COMPARISON_COLUMNS) + 2)
             )
             continue
@@ -268,7 +280,27 @@ def comparison_section(
                 else f"{value['mean']:.3f} [{value['ci95'][0]:.3f}, {value['ci95'][1]:.3f}]"
             )
         lines.append(f"| {name} | {member.regularizer['name']} | {run} | " + " | ".join(cells) + " |")
+    if earlier_inits:
+        shas = ", ".join(f"{sha[:12]}..." for sha in sorted(earlier_inits))
+        lines += [
+            "",
+            f"\\* Fine-tuned from earlier weights of {standard.name} (sha256 {shas}), not the published"
+            f" ones (sha256 {standard.sha256[:12]}...): a starred row's gap to the {standard.name} row"
+            " mixes what the fine-tune did with the standard model's later training; compare starred"
+            " rows with each other.",
+        ]
     return "\n".join(lines) + "\n\n"
+
+
+def _init_sha256(config: dict[str, Any] | None) -> str | None:
+    """The sha256 of the weights a model's config.json says its training started from, if any."""
+    return (config or {}).get("lga_zoo", {}).get("init", {}).get("sha256")
+
+
+def _training_accuracy(config: dict[str, Any] | None) -> str:
+    """The test accuracy a model's config.json records at the end of training, "-" if none."""
+    accuracy = (config or {}).get("lga_zoo", {}).get("training", {}).get("final_test_acc")
+    return "-" if accuracy is None else f"{accuracy:.2%} (training)"
 
 
 def render_card(

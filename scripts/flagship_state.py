@@ -1,6 +1,6 @@
 """What of the flagship queue is already published in this checkout (scripts/flagship_cpu.sh asks).
 
-    python scripts/flagship_state.py trained NAME       # exit 0: model_cards/NAME was trained from recipes/NAME.yaml
+    python scripts/flagship_state.py trained NAME       # exit 0: model_cards/NAME was trained from recipes/NAME.yaml and the pinned start
     python scripts/flagship_state.py evaluated NAME N   # exit 0: its results cover >= N images of the pinned weights
 
 Exit 1 (with the reason on stderr) when the step still has to run. The queue reads the published
@@ -18,16 +18,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 def trained_reason(name: str, repo: Path = REPO) -> str | None:
     """``None`` when ``model_cards/NAME`` holds pinned weights whose config records the recipe
-    ``recipes/NAME.yaml`` says today; else why it does not."""
+    ``recipes/NAME.yaml`` says today and, for a fine-tune of a zoo model, that model's pinned weights
+    as its start; else why it does not."""
     from lga_zoo.recipe import load_recipe
     from lga_zoo.registry import get_entry
 
     folder = repo / "model_cards" / name
     if get_entry(name).sha256 is None or not (folder / "config.json").is_file():
         return f"{name} is not published"
-    recorded = json.loads((folder / "config.json").read_text())["lga_zoo"].get("recipe")
-    if recorded != load_recipe(repo / "recipes" / f"{name}.yaml").to_dict():
+    ours = json.loads((folder / "config.json").read_text())["lga_zoo"]
+    if ours.get("recipe") != load_recipe(repo / "recipes" / f"{name}.yaml").to_dict():
         return f"{name} was published from another recipe than recipes/{name}.yaml"
+    init = ours.get("init") or {}
+    if init.get("zoo_name") and init.get("sha256") != get_entry(init["zoo_name"]).sha256:
+        return f"{name} was fine-tuned from other weights of {init['zoo_name']} than the pinned ones"
     return None
 
 

@@ -223,3 +223,34 @@ def test_the_comparison_names_how_many_images_each_model_was_measured_on():
         line for line in leaderboard_markdown().splitlines() if "| resnet18_cifar10_control |" in line
     )
     assert board_row.split(" | ")[3] == str(results["data"]["n_robustness"])
+
+
+def test_the_comparison_stars_fine_tunes_of_earlier_standard_weights(private_zoo, tmp_path):
+    """Once the standard model is republished, the fine-tunes made from its earlier weights are starred
+    and a note names both sha256; the new, not yet evaluated standard shows its training accuracy."""
+    family = ["resnet18_cifar10_standard", "resnet18_cifar10_control", "resnet18_cifar10_lga"]
+    for name in family:
+        (tmp_path / "model_cards" / name).mkdir(parents=True)
+        for file in ("config.json", "results.json"):
+            shutil.copyfile(REPO / "model_cards" / name / file, tmp_path / "model_cards" / name / file)
+    card_before = cli.write_published_card("resnet18_cifar10_lga").read_text()
+    assert "| resnet18_cifar10_control |" in card_before and "earlier weights" not in card_before
+
+    old = registry.get_entry("resnet18_cifar10_standard")
+    new_sha256 = "f" * 64
+    registry.write_entries(
+        [replace(e, sha256=new_sha256) if e.name == old.name else e for e in registry.all_entries()]
+    )
+    standard_dir = tmp_path / "model_cards" / old.name
+    (standard_dir / "results.json").unlink()
+    config = json.loads((standard_dir / "config.json").read_text())
+    config["lga_zoo"]["training"]["final_test_acc"] = 0.9123
+    (standard_dir / "config.json").write_text(json.dumps(config))
+
+    card = cli.write_published_card("resnet18_cifar10_lga").read_text()
+    rows = {line.split(" | ")[0]: line for line in card.splitlines() if line.startswith("| ")}
+    assert "| **resnet18_cifar10_lga** *" in rows and "| resnet18_cifar10_control *" in rows
+    standard_row = rows["| resnet18_cifar10_standard"].split(" | ")
+    assert standard_row[3:5] == ["not evaluated yet", "91.23% (training)"]
+    assert f"earlier weights of resnet18_cifar10_standard (sha256 {old.sha256[:12]}...)" in card
+    assert f"published ones (sha256 {new_sha256[:12]}...)" in card

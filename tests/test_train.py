@@ -356,6 +356,13 @@ def test_the_flagship_queue_skips_what_the_checkout_already_publishes(tmp_path):
     recipe = yaml.safe_load((REPO / "recipes" / f"{name}.yaml").read_text())
     (tmp_path / "recipes" / f"{name}.yaml").write_text(yaml.safe_dump({**recipe, "epochs": 5}))
     assert "another recipe" in state.trained_reason(name, tmp_path)
+    (tmp_path / "recipes" / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
+    assert state.trained_reason(name, tmp_path) is None
+    config_path = tmp_path / "model_cards" / name / "config.json"
+    config = json.loads(config_path.read_text())
+    config["lga_zoo"]["init"]["sha256"] = "0" * 64  # the standard was republished since
+    config_path.write_text(json.dumps(config))
+    assert "other weights of resnet18_cifar10_standard" in state.trained_reason(name, tmp_path)
     results_path = tmp_path / "model_cards" / name / "results.json"
     results = json.loads(results_path.read_text())
     results_path.write_text(json.dumps({**results, "complete": False}))
