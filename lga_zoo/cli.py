@@ -143,7 +143,7 @@ def write_published_card(name: str) -> Path:
 
 def _publish(args: argparse.Namespace) -> int:
     from .folder import CONFIG_NAME, WEIGHTS_NAME, load_model_folder, sha256_of
-    from .hub import TRAIN_LOG_NAME, model_card_dir
+    from .hub import RESULTS_NAME, TRAIN_LOG_NAME, model_card_dir
     from .registry import all_entries, get_entry, write_entries
     from .train import LOG_NAME
 
@@ -176,7 +176,22 @@ def _publish(args: argparse.Namespace) -> int:
     )
     write_entries([entry if e.name == entry.name else e for e in all_entries()])
     print(f"published {source} as {dest}; sha256 {entry.sha256}, {entry.size} bytes pinned in zoo.json")
-    return 0
+    _drop_results_of_other_weights(dest / RESULTS_NAME, entry.sha256)
+    return _card(argparse.Namespace(name=args.name, results=None))
+
+
+def _drop_results_of_other_weights(results_path: Path, sha256: str) -> None:
+    """Remove ``results_path`` when it measured other weights than ``sha256`` (the ones a publish
+    replaced), so that no card, registry entry or README row shows them beside the new weights."""
+    if not results_path.is_file():
+        return
+    measured = json.loads(results_path.read_text()).get("model", {}).get("sha256")
+    if measured != sha256:
+        results_path.unlink()
+        print(
+            f"removed {results_path.name}: it measured other weights (sha256 {str(measured)[:12]}...); "
+            f"lga-zoo evaluate {results_path.parent.name} --publish measures these"
+        )
 
 
 def _push(args: argparse.Namespace) -> int:

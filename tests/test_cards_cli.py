@@ -122,7 +122,14 @@ def test_cli_card_publish_list_and_explain(private_zoo, tmp_path, capsys):
     model = untrained(NAME)
     save_folder(model, registry.get_entry(NAME), None, tmp_path / "run" / "model")
     (tmp_path / "run" / "log.jsonl").write_text('{"epoch": 1, "test_acc": 0.5}\n')
+    stale = tmp_path / "model_cards" / NAME / "results.json"  # figures of the weights being replaced
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps(sample_results()))
+    assert cli.main(["card", NAME]) == 0 and registry.get_entry(NAME).metrics["accuracy"] == 0.8123
     assert cli.main(["publish", NAME, "--from", str(tmp_path / "run" / "model")]) == 0
+    assert not stale.exists() and registry.get_entry(NAME).metrics == {}
+    card = (tmp_path / "model_cards" / NAME / "README.md").read_text()
+    assert "81.23" not in card and "81.23" not in (tmp_path / "README.md").read_text()
     entry = registry.get_entry(NAME)
     assert (
         entry.sha256 and entry.size == (tmp_path / "model_cards" / NAME / "model.safetensors").stat().st_size
