@@ -222,7 +222,7 @@ def test_the_comparison_names_how_many_images_each_model_was_measured_on():
     assert _images_measured(ig_on_all) == "100"
     assert _images_measured({"data": {"n_robustness": 80}, "robustness": {"grad": {}}}) == "80"
     card = (REPO / "model_cards" / "resnet18_cifar10_control" / "README.md").read_text()
-    row = next(line for line in card.splitlines() if line.startswith("| **resnet18_cifar10_control** |"))
+    row = next(line for line in card.splitlines() if line.startswith("| **resnet18_cifar10_control**"))
     results = json.loads((REPO / "model_cards" / "resnet18_cifar10_control" / "results.json").read_text())
     assert row.split(" | ")[3] == _images_measured(results)
     assert row.split(" | ")[2] == "4 epochs over 50,000 images (1,560 steps of batch 128)"  # config.json
@@ -233,31 +233,31 @@ def test_the_comparison_names_how_many_images_each_model_was_measured_on():
 
 
 def test_the_comparison_stars_fine_tunes_of_earlier_standard_weights(private_zoo, tmp_path):
-    """Once the standard model is republished, the fine-tunes made from its earlier weights are starred
-    and a note names both sha256; the new, not yet evaluated standard shows its training accuracy."""
-    family = ["resnet18_cifar10_standard", "resnet18_cifar10_control", "resnet18_cifar10_lga"]
-    for name in family:
+    """A fine-tune whose config.json records other start weights than the standard's pinned ones is
+    starred, with a note naming both sha256; a standard not yet evaluated shows its training accuracy."""
+    standard, fine_tunes = "resnet18_cifar10_standard", ["resnet18_cifar10_control", "resnet18_cifar10_lga"]
+    for name in fine_tunes:
         (tmp_path / "model_cards" / name).mkdir(parents=True)
         for file in ("config.json", "results.json"):
             shutil.copyfile(REPO / "model_cards" / name / file, tmp_path / "model_cards" / name / file)
-    card_before = cli.write_published_card("resnet18_cifar10_lga").read_text()
-    assert "| resnet18_cifar10_control |" in card_before and "earlier weights" not in card_before
-
-    old = registry.get_entry("resnet18_cifar10_standard")
-    new_sha256 = "f" * 64
-    registry.write_entries(
-        [replace(e, sha256=new_sha256) if e.name == old.name else e for e in registry.all_entries()]
-    )
-    standard_dir = tmp_path / "model_cards" / old.name
-    (standard_dir / "results.json").unlink()
-    config = json.loads((standard_dir / "config.json").read_text())
+    (tmp_path / "model_cards" / standard).mkdir()
+    config = json.loads((REPO / "model_cards" / standard / "config.json").read_text())
     config["lga_zoo"]["training"]["final_test_acc"] = 0.9123
-    (standard_dir / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model_cards" / standard / "config.json").write_text(json.dumps(config))
+    start = json.loads((tmp_path / "model_cards" / fine_tunes[1] / "config.json").read_text())["lga_zoo"][
+        "init"
+    ]
 
-    card = cli.write_published_card("resnet18_cifar10_lga").read_text()
+    def card_with_standard_pinned_at(sha256: str) -> str:
+        entries = registry.all_entries()
+        registry.write_entries([replace(e, sha256=sha256) if e.name == standard else e for e in entries])
+        return cli.write_published_card("resnet18_cifar10_lga").read_text()
+
+    card = card_with_standard_pinned_at(start["sha256"])  # the weights the fine-tunes started from
+    assert "| resnet18_cifar10_control |" in card and "earlier weights" not in card
+    card = card_with_standard_pinned_at("f" * 64)  # republished since
     rows = {line.split(" | ")[0]: line for line in card.splitlines() if line.startswith("| ")}
     assert "| **resnet18_cifar10_lga** *" in rows and "| resnet18_cifar10_control *" in rows
-    standard_row = rows["| resnet18_cifar10_standard"].split(" | ")
-    assert standard_row[3:5] == ["not evaluated yet", "91.23% (training)"]
-    assert f"earlier weights of resnet18_cifar10_standard (sha256 {old.sha256[:12]}...)" in card
-    assert f"published ones (sha256 {new_sha256[:12]}...)" in card
+    assert rows["| resnet18_cifar10_standard"].split(" | ")[3:5] == ["not evaluated yet", "91.23% (training)"]
+    assert f"earlier weights of {standard} (sha256 {start['sha256'][:12]}...)" in card
+    assert f"published ones (sha256 {'f' * 12}...)" in card

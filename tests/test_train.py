@@ -53,6 +53,7 @@ def test_a_recipe_that_starts_from_a_run_folder_ships_the_stage_recipe_that_make
         longest = max(longest, chain, key=len)
     assert [Path(r).name for r, _ in longest] == [
         "resnet18_cifar10_standard_stage1.yaml",
+        "resnet18_cifar10_standard_stage2.yaml",
         "resnet18_cifar10_standard.yaml",
     ]
     with pytest.raises(RecipeError, match="does not exist"):
@@ -343,9 +344,10 @@ def test_the_flagship_queue_skips_what_the_checkout_already_publishes(tmp_path):
     recipe, results of the pinned weights on enough images; anything else runs again."""
     import shutil
 
+    from lga_zoo.registry import get_entry
+
     state = _flagship_state()
     name = "resnet18_cifar10_control"  # published and evaluated on 500 images
-    assert state.trained_reason(name) is None
     assert state.evaluated_reason(name, 500) is None
     assert "fewer than 501" in state.evaluated_reason(name, 501)
     assert "not published" in state.trained_reason("resnet18_imagenet100_lga")
@@ -357,9 +359,11 @@ def test_the_flagship_queue_skips_what_the_checkout_already_publishes(tmp_path):
     (tmp_path / "recipes" / f"{name}.yaml").write_text(yaml.safe_dump({**recipe, "epochs": 5}))
     assert "another recipe" in state.trained_reason(name, tmp_path)
     (tmp_path / "recipes" / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
-    assert state.trained_reason(name, tmp_path) is None
     config_path = tmp_path / "model_cards" / name / "config.json"
     config = json.loads(config_path.read_text())
+    config["lga_zoo"]["init"]["sha256"] = get_entry("resnet18_cifar10_standard").sha256
+    config_path.write_text(json.dumps(config))
+    assert state.trained_reason(name, tmp_path) is None  # today's recipe, from the pinned standard
     config["lga_zoo"]["init"]["sha256"] = "0" * 64  # the standard was republished since
     config_path.write_text(json.dumps(config))
     assert "other weights of resnet18_cifar10_standard" in state.trained_reason(name, tmp_path)
