@@ -221,13 +221,13 @@ def test_the_comparison_names_how_many_images_each_model_was_measured_on():
     }
     assert _images_measured(ig_on_all) == "100"
     assert _images_measured({"data": {"n_robustness": 80}, "robustness": {"grad": {}}}) == "80"
-    card = (REPO / "model_cards" / "resnet18_cifar10_control" / "README.md").read_text()
-    row = next(line for line in card.splitlines() if line.startswith("| **resnet18_cifar10_control**"))
-    results = json.loads((REPO / "model_cards" / "resnet18_cifar10_control" / "results.json").read_text())
+    card = (REPO / "model_cards" / "resnet18_cifar10_standard" / "README.md").read_text()
+    row = next(line for line in card.splitlines() if line.startswith("| **resnet18_cifar10_standard**"))
+    results = json.loads((REPO / "model_cards" / "resnet18_cifar10_standard" / "results.json").read_text())
     assert row.split(" | ")[3] == _images_measured(results)
-    assert row.split(" | ")[2] == "4 epochs over 50,000 images (1,560 steps of batch 128)"  # config.json
+    assert row.split(" | ")[2] == "8 epochs over 50,000 images (3,120 steps of batch 128)"  # config.json
     board_row = next(
-        line for line in leaderboard_markdown().splitlines() if "| resnet18_cifar10_control |" in line
+        line for line in leaderboard_markdown().splitlines() if "| resnet18_cifar10_standard |" in line
     )
     assert board_row.split(" | ")[3] == str(results["data"]["n_robustness"])
 
@@ -238,8 +238,9 @@ def test_the_comparison_stars_fine_tunes_of_earlier_standard_weights(private_zoo
     standard, fine_tunes = "resnet18_cifar10_standard", ["resnet18_cifar10_control", "resnet18_cifar10_lga"]
     for name in fine_tunes:
         (tmp_path / "model_cards" / name).mkdir(parents=True)
-        for file in ("config.json", "results.json"):
-            shutil.copyfile(REPO / "model_cards" / name / file, tmp_path / "model_cards" / name / file)
+        shutil.copyfile(
+            REPO / "model_cards" / name / "config.json", tmp_path / "model_cards" / name / "config.json"
+        )
     (tmp_path / "model_cards" / standard).mkdir()
     config = json.loads((REPO / "model_cards" / standard / "config.json").read_text())
     config["lga_zoo"]["training"]["final_test_acc"] = 0.9123
