@@ -17,6 +17,29 @@ REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = lga_zoo.list_models()
 
 
+def seeded_test_images(archive, n, seed):
+    """``n`` CIFAR-10 test images (B, 3, 32, 32) in [0, 1] and their labels, drawn by a seeded
+    permutation of the 10,000."""
+    test = load_cifar10(archive, "test")
+    idx = np.random.default_rng(seed).permutation(len(test))[:n]
+    x = torch.from_numpy(test.images[idx]).permute(0, 3, 1, 2).float() / 255
+    return x, torch.from_numpy(test.labels[idx]).long()
+
+
+def own_accuracy(model, images, labels):
+    """The fraction of ``images`` the model classifies as ``labels``: this file's own count."""
+    with torch.no_grad():
+        predicted = torch.cat([model(chunk).argmax(1) for chunk in images.split(500)])
+    return (predicted == labels).float().mean().item()
+
+
+def card_accuracy(name, model):
+    """The accuracy the card states: the evaluation's, else the one measured at the end of training."""
+    return lga_zoo.get_entry(name).metrics.get(
+        "accuracy", model.config["lga_zoo"]["training"]["final_test_acc"]
+    )
+
+
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_published_checkpoint_loads_offline_and_explains_the_bundled_photo(name, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -51,16 +74,10 @@ def test_published_accuracy_matches_card_on_2000_test_images(name, real_cifar):
     """An independent count on a seeded sample of 2,000 test images agrees with the card's accuracy
     (the evaluation's, else the one measured at the end of training) within 4 binomial standard
     errors (about 3 points at 88%); a wrong or untrained model does not."""
-    entry = lga_zoo.get_entry(name)
     model = lga_zoo.load(name)
-    test = load_cifar10(real_cifar, "test")
-    idx = np.random.default_rng(0).permutation(len(test))[:2000]
-    x = torch.from_numpy(test.images[idx]).permute(0, 3, 1, 2).float() / 255
-    with torch.no_grad():
-        predicted = torch.cat([model(chunk).argmax(1) for chunk in x.split(500)]).numpy()
-    accuracy = (predicted == test.labels[idx]).mean()
-    card = entry.metrics.get("accuracy", model.config["lga_zoo"]["training"]["final_test_acc"])
-    allowed = 4 * np.sqrt(card * (1 - card) / len(idx))
+    accuracy = own_accuracy(model, *seeded_test_images(real_cifar, 2000, seed=0))
+    card = card_accuracy(name, model)
+    allowed = 4 * np.sqrt(card * (1 - card) / 2000)
     assert abs(accuracy - card) <= allowed, (accuracy, card, allowed)
 
 
@@ -127,10 +144,7 @@ def frame_attack_top_k(real_cifar):
     pair = ("resnet18_cifar10_standard", "resnet18_cifar10_lga")
     if not all(name in PUBLISHED for name in pair):
         pytest.skip(f"{pair[1]} is not published yet")
-    test = load_cifar10(real_cifar, "test")
-    idx = np.random.default_rng(1).permutation(len(test))[:200]
-    x = torch.from_numpy(test.images[idx]).permute(0, 3, 1, 2).float() / 255
-    y = torch.from_numpy(test.labels[idx]).long()
+    x, y = seeded_test_images(real_cifar, 200, seed=1)
     return {name.rsplit("_", 1)[1]: own_frame_attack_topk(lga_zoo.load(name), x, y) for name in pair}
 
 
@@ -150,3 +164,28 @@ def test_lga_keeps_more_of_its_top_k_under_an_independent_frame_attack(frame_att
 def test_lga_reaches_the_issue_target_under_an_independent_frame_attack(frame_attack_top_k):
     """Issue 12's target: the LGA model's top-k under the frame attack is the standard's + 0.10."""
     assert frame_attack_top_k["lga"] >= frame_attack_top_k["standard"] + 0.10, frame_attack_top_k
+
+
+def print_independent_check(archive) -> None:
+    """Print issue 12's independent check for every published resnet18_cifar10 model: this file's
+    accuracy on the 2,000 seeded test images and frame-attack top-k on the 200 the tests use."""
+    accuracy_sample = seeded_test_images(archive, 2000, seed=0)
+    attack_sample = seeded_test_images(archive, 200, seed=1)
+    print("| model | card accuracy | own accuracy (2,000) | frame-attack top-k (200) |")
+    print("|---|---|---|---|")
+    for name in (n for n in PUBLISHED if n.startswith("resnet18_cifar10_")):
+        model = lga_zoo.load(name)
+        print(
+            f"| {name} | {card_accuracy(name, model):.4f} | {own_accuracy(model, *accuracy_sample):.4f} "
+            f"| {own_frame_attack_topk(model, *attack_sample):.3f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    # python tests/test_published.py [CIFAR-10 ARCHIVE]: the figures the slow tests above assert on
+    import sys
+
+    from conftest import SHARED_CIFAR
+
+    print_independent_check(Path(sys.argv[1]) if len(sys.argv) > 1 else SHARED_CIFAR)
