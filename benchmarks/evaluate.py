@@ -1,99 +1,183 @@
-"""Images per second of each evaluation perturbation for the narrow ResNet-18, and the projected
-time of a 1,000-image evaluation of the gradient method.
+"""Images per second of each part of an evaluation, and the projected time of a whole one.
 
-    python benchmarks/evaluate.py [--arch resnet18_w16_cifar] [--batch 100] [--steps 100] [--images 100]
+    python benchmarks/evaluate.py [--arch resnet18_w16_cifar] [--activation relu|softplus]
+        [--softplus-beta 3] [--attack-amp none|bf16] [--fused-softplus] [--batch 50] [--images 50]
+        [--steps 100] [--n-robustness 500] [--n-slow 200]
 
-Prints a Markdown table (CPU; CUDA too when present). Random weights and random pixels: the speed of
-an attack does not depend on what the weights are.
+Prints a Markdown table (CPU; CUDA too when present): each perturbation of ``lga-zoo evaluate``
+with grad maps (random noise, the targeted and the top-k attacks, PGD), the integrated-gradients
+maps the slow images add (a clean map, the random draws and two attacked inputs at 32 steps each),
+and the projected minutes of an evaluation of ``--n-robustness`` images with IG on ``--n-slow`` (the
+10,000-image accuracy pass not included). The attacks run as in the evaluation with ``--attack-map
+grad`` (the flagship's): under bf16 autocast with ``--attack-amp bf16``, the model's ReLUs swapped
+for Softplus(20). ``--fused-softplus`` times
+every row twice, with PyTorch's Softplus and with :class:`lga_zoo.fused_softplus.FusedSoftplus`
+(what ``lga_zoo.evaluate.evaluate`` uses on the CPU). Random weights and random pixels: the speed of
+an attack does not depend on what the weights are. For the flagship:
+
+    python benchmarks/evaluate.py --arch resnet18_cifar --activation softplus --softplus-beta 3 \\
+        --attack-amp bf16 --fused-softplus
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 
 import torch
+from torch import Tensor
 
 import lga_zoo
 from lga_zoo.attacks import pgd, random_perturbation, targeted_attribution_attack, topk_attack
 from lga_zoo.attribution import attribute, normalize_attribution, resolve_method
+from lga_zoo.fused_softplus import fused_softplus_activations
 from lga_zoo.metrics import similarities
 from lga_zoo.models import create_backbone, softplus_activations
+
+EPS = 4 / 255
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet18_w16_cifar")
-    parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--images", type=int, default=100, help="images timed per perturbation")
+    parser.add_argument("--activation", default="relu", choices=("relu", "softplus"))
+    parser.add_argument("--softplus-beta", type=float, default=3.0)
+    parser.add_argument("--attack-amp", default="none", choices=("none", "bf16"))
+    parser.add_argument("--fused-softplus", action="store_true", help="time PyTorch's and the fused Softplus")
+    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--images", type=int, default=50, help="images timed per row")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--ig-steps", type=int, default=32)
+    parser.add_argument("--n-robustness", type=int, default=500, help="images of the projected evaluation")
+    parser.add_argument("--n-slow", type=int, default=200, help="of which also measured with IG")
     args = parser.parse_args()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    kernels = ("PyTorch", "fused") if args.fused_softplus else ("PyTorch",)
     print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, arch {args.arch}, "
-        f"attack steps {args.steps}, batch {args.batch}\n"
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, arch {args.arch} "
+        f"({args.activation}), attack steps {args.steps}, attacks amp {args.attack_amp}, "
+        f"batch {args.batch}, {args.images} images per row\n"
     )
-    print("| device | perturbation (grad maps) | images/s | s per 1,000 images |")
-    print("|---|---|---:|---:|")
+    print(
+        "| device | part of the evaluation | "
+        + " | ".join(f"images/s ({k} Softplus)" for k in kernels)
+        + " |"
+    )
+    print("|---|---|" + "---:|" * len(kernels))
     for device in devices:
-        bench_device(device, args)
+        bench_device(device, args, kernels)
 
 
-def bench_device(device: torch.device, args: argparse.Namespace) -> None:
-    eps = 4 / 255
-    settings = resolve_method("grad", {})[1]
+def bench_device(device: torch.device, args: argparse.Namespace, kernels: tuple[str, ...]) -> None:
     torch.manual_seed(0)
-    model = lga_zoo.wrap(create_backbone(args.arch, 10), input_size=(3, 32, 32)).to(device).eval()
+    backbone = create_backbone(args.arch, 10, activation=args.activation, softplus_beta=args.softplus_beta)
+    model = lga_zoo.wrap(backbone, input_size=(3, 32, 32)).to(device).eval()
     x_all = torch.rand(args.images, 3, 32, 32, device=device)
+    seconds = {}
+    for kernel in kernels:
+        fused = kernel == "fused"
+        with fused_softplus_activations(model) if fused else nullcontext():
+            parts = evaluation_parts(model, args, device, fused)
+            for fn in parts.values():  # warm-up: a batch of two (and the fused kernel's compiles)
+                time_per_image(model, x_all[:2], 2, fn, device)
+            seconds[kernel] = {
+                name: time_per_image(model, x_all, args.batch, fn, device) for name, fn in parts.items()
+            }
+    for name in seconds[kernels[0]]:
+        print(
+            f"| {device.type} | {name} | " + " | ".join(f"{1 / seconds[k][name]:.2f}" for k in kernels) + " |"
+        )
+    projected = []
+    for kernel in kernels:
+        ig = sum(s for name, s in seconds[kernel].items() if name.startswith("IG"))
+        every_image = sum(seconds[kernel].values()) - ig
+        projected.append((args.n_robustness * every_image + min(args.n_slow, args.n_robustness) * ig) / 60)
+    print(
+        f"| {device.type} | projected minutes for {args.n_robustness} images, IG on {args.n_slow} | "
+        + " | ".join(f"{m:.1f} min" for m in projected)
+        + " |",
+        flush=True,
+    )
 
-    def maps(x, t):
-        return normalize_attribution(attribute(model, x, t, "grad", settings)[0])
+
+def evaluation_parts(
+    model: torch.nn.Module, args: argparse.Namespace, device: torch.device, fused: bool
+) -> dict[str, Callable[[Tensor, Tensor], None]]:
+    """Each part of an evaluation as ``fn(images, predicted classes)``, by row name. The attacks run
+    as ``lga_zoo.evaluate`` runs them: ReLUs swapped for Softplus(20) (fused too with ``fused``),
+    under bf16 autocast with ``--attack-amp bf16``, on the grad map (``--attack-map grad``)."""
+    grad_settings = resolve_method("grad", {})[1]
+    ig_settings = resolve_method("integrated_gradients", {"steps": args.ig_steps})[1]
+
+    def maps(x, t, method="grad", settings=grad_settings):
+        return normalize_attribution(attribute(model, x, t, method, settings)[0])
+
+    @contextmanager
+    def attacking():
+        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.attack_amp == "bf16")
+        with (
+            softplus_activations(model, 20.0),
+            fused_softplus_activations(model) if fused else nullcontext(),
+            amp,
+        ):
+            yield
 
     def run_random(x, t):
         clean = maps(x, t)
         for _ in range(args.draws):
-            similarities(clean, maps(random_perturbation(x, eps), t))
+            similarities(clean, maps(random_perturbation(x, EPS), t))
 
     def run_targeted(x, t):
         clean = maps(x, t)
-        with softplus_activations(model, 20.0):
-            x_adv = targeted_attribution_attack(model, x, t, eps=eps, steps=args.steps)
+        with attacking():
+            x_adv = targeted_attribution_attack(model, x, t, eps=EPS, steps=args.steps)
         similarities(clean, maps(x_adv, t))
 
     def run_topk(x, t):
         clean = maps(x, t)
-        with softplus_activations(model, 20.0):
-            x_adv = topk_attack(model, x, t, eps=eps, steps=args.steps)
+        with attacking():
+            x_adv = topk_attack(model, x, t, eps=EPS, steps=args.steps)
         similarities(clean, maps(x_adv, t))
 
     def run_pgd(x, t):
-        pgd(model, x, t, 2 / 255, "linf", steps=20)
-        pgd(model, x, t, 0.25, "l2", steps=20)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.attack_amp == "bf16"):
+            pgd(model, x, t, 2 / 255, "linf", steps=20)
+            pgd(model, x, t, 0.25, "l2", steps=20)
 
-    total = 0.0
-    runs = (
-        (f"random (x{args.draws} draws)", run_random),
-        ("targeted", run_targeted),
-        ("top-k", run_topk),
-        ("PGD L-inf + L2 (20 steps)", run_pgd),
-    )
-    for name, fn in runs:
-        start = time.perf_counter()
-        for begin in range(0, args.images, args.batch):
-            x = x_all[begin : begin + args.batch]
-            with torch.no_grad():
-                t = model(x).argmax(1)
-            fn(x, t)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        total += seconds / args.images * 1000
-        print(
-            f"| {device.type} | {name} | {args.images / seconds:.2f} | {seconds / args.images * 1000:.0f} |",
-            flush=True,
-        )
-    print(f"| {device.type} | all of the above | {1000 / total:.2f} | {total:.0f} |", flush=True)
+    def run_ig_maps(x, t):  # on the grad rows' perturbed inputs (attack_map "grad"): noise stands in
+        clean = maps(x, t, "integrated_gradients", ig_settings)
+        for _ in range(args.draws + 2):
+            similarities(clean, maps(random_perturbation(x, EPS), t, "integrated_gradients", ig_settings))
+
+    return {
+        f"random (x{args.draws} draws)": run_random,
+        "targeted": run_targeted,
+        "top-k": run_topk,
+        "PGD L-inf + L2 (20 steps)": run_pgd,
+        f"IG maps ({args.draws + 3} per image, {args.ig_steps} steps)": run_ig_maps,
+    }
+
+
+def time_per_image(
+    model: torch.nn.Module,
+    x_all: Tensor,
+    batch: int,
+    fn: Callable[[Tensor, Tensor], None],
+    device: torch.device,
+) -> float:
+    """Seconds per image of ``fn(x, predicted class)`` over ``x_all`` in batches of ``batch``."""
+    start = time.perf_counter()
+    for begin in range(0, len(x_all), batch):
+        x = x_all[begin : begin + batch]
+        with torch.no_grad():
+            t = model(x).argmax(1)
+        fn(x, t)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / len(x_all)
 
 
 if __name__ == "__main__":

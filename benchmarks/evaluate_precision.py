@@ -1,12 +1,19 @@
-"""Do bf16 attacks give the same evaluation figures as fp32 attacks, and how much faster are they?
+"""Do bf16 attacks (or the fused Softplus kernel) give the same evaluation figures, and how much
+faster are they?
 
     python benchmarks/evaluate_precision.py MODEL --data-dir DIR [--n-images 50] [--methods grad]
+        [--compare precision|softplus]
 
-Evaluates MODEL twice on the same seeded test images, with every attack in fp32 and with the
-attacks under bf16 autocast (``lga-zoo evaluate --attack-amp bf16``; maps and similarities stay
-fp32), and prints a Markdown table: each figure in fp32 (mean [95% interval]) and in bf16, whether
-the bf16 mean lies inside the fp32 interval, and the time of each run. Only when every figure
-matches is ``--attack-amp bf16`` used for a published evaluation.
+Evaluates MODEL twice on the same seeded test images and prints a Markdown table: each figure of the
+reference run (mean [95% interval]) and of the candidate run, whether the candidate's mean lies
+inside the reference's interval, and the time of each run.
+
+- ``--compare precision`` (default): every attack in fp32 against the attacks under bf16 autocast
+  (``lga-zoo evaluate --attack-amp bf16``; maps and similarities stay fp32). Only when every figure
+  matches is ``--attack-amp bf16`` used for a published evaluation.
+- ``--compare softplus``: bf16 attacks with PyTorch's Softplus (how the evaluations before the fused
+  kernel ran) against the same with :class:`lga_zoo.fused_softplus.FusedSoftplus`, which
+  ``lga_zoo.evaluate.evaluate`` uses on the CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +25,11 @@ import torch
 
 from lga_zoo.evaluate import EvalSettings, run_evaluation
 
+RUNS = {  # --compare: (label, attack_amp, fused_softplus) of the reference run, then the candidate
+    "precision": (("fp32 attacks", "none", True), ("bf16 attacks", "bf16", True)),
+    "softplus": (("PyTorch Softplus", "bf16", False), ("fused Softplus", "bf16", True)),
+}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -27,6 +39,7 @@ def main() -> None:
     parser.add_argument("--methods", default="grad")
     parser.add_argument("--attack-steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--compare", default="precision", choices=sorted(RUNS))
     args = parser.parse_args()
     common = dict(
         methods=tuple(args.methods.split(",")),
@@ -36,32 +49,33 @@ def main() -> None:
         batch_size=args.batch_size,
         attack_map="grad",
     )
-    runs = {}
-    for amp in ("none", "bf16"):
+    (ref_label, *ref_run), (new_label, *new_run) = RUNS[args.compare]
+    results, seconds = [], []
+    for amp, fused in (ref_run, new_run):
         started = time.perf_counter()
-        runs[amp] = run_evaluation(
-            args.model, args.data_dir, None, EvalSettings(**common, attack_amp=amp), progress=False
+        settings = EvalSettings(**common, attack_amp=amp)
+        results.append(
+            run_evaluation(args.model, args.data_dir, None, settings, progress=False, fused_softplus=fused)
         )
-        runs[amp]["seconds"] = time.perf_counter() - started
+        seconds.append(time.perf_counter() - started)
+    reference, candidate = results
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, model {args.model}, "
         f"{args.n_images} test images, {args.attack_steps} attack steps\n"
     )
-    print(
-        "| figure | fp32 attacks: mean [95% interval] | bf16 attacks: mean | bf16 inside the fp32 interval |"
-    )
+    print(f"| figure | {ref_label}: mean [95% interval] | {new_label}: mean | inside the interval |")
     print("|---|---|---:|:---:|")
     all_inside = True
-    for norm, record in runs["none"]["accuracy"].get("pgd", {}).items():
-        other = runs["bf16"]["accuracy"]["pgd"][norm]["accuracy"]
+    for norm, record in reference["accuracy"].get("pgd", {}).items():
+        other = candidate["accuracy"]["pgd"][norm]["accuracy"]
         print(f"| PGD {norm} accuracy | {record['accuracy']:.3f} | {other:.3f} | (a count, no interval) |")
-    for method, attacks in runs["none"]["robustness"].items():
+    for method, attacks in reference["robustness"].items():
         for attack, metrics in attacks.items():
             for metric, value in metrics.items():
                 if not isinstance(value, dict):
                     continue
                 low, high = value["ci95"]
-                other = runs["bf16"]["robustness"][method][attack][metric]["mean"]
+                other = candidate["robustness"][method][attack][metric]["mean"]
                 inside = low <= other <= high
                 all_inside &= inside
                 print(
@@ -69,8 +83,8 @@ def main() -> None:
                     f"{other:.4f} | {'yes' if inside else 'NO'} |"
                 )
     print(
-        f"\nfp32 attacks {runs['none']['seconds']:.0f} s, bf16 attacks {runs['bf16']['seconds']:.0f} s "
-        f"({runs['none']['seconds'] / runs['bf16']['seconds']:.2f}x); every figure inside: {all_inside}"
+        f"\n{ref_label} {seconds[0]:.0f} s, {new_label} {seconds[1]:.0f} s "
+        f"({seconds[0] / seconds[1]:.2f}x); every figure inside: {all_inside}"
     )
 
 

@@ -200,7 +200,12 @@ def topk_attack(
     """Untargeted top-k attack (Ghorbani et al. 2019): signed-gradient steps that lower the map's
     mass on the original top-k pixels, inside the L-inf ball and [0, 1]; a step that changes an
     image's predicted class (under ``reference_model``, default ``model``) is undone for that image.
-    Returns for each image the point that lowered the top-k mass most."""
+    Returns for each image the point that lowered the top-k mass most.
+
+    One map (a double backward) per step, for the images still moving: with ``reference_model``
+    the model itself, a candidate's class is read from the logits of its map's own forward pass.
+    An image whose step was undone stops there for good, because recomputing the gradient at the same
+    point would give the same step and the same undoing; it is not computed again."""
     from .metrics import topk_mask
 
     reference_model = reference_model or model
@@ -209,22 +214,40 @@ def topk_attack(
     with torch.no_grad():
         label = reference_model(x).argmax(1)
     x_req = x.clone().requires_grad_(True)
-    mask = topk_mask(differentiable_map(model, x_req, target, method, ig_steps).detach(), k).float()
-    x_adv, best = x.clone(), x.clone()
-    best_mass = torch.full((len(x),), float("inf"), device=x.device)
-    for _ in range(steps):
-        x_step = x_adv.clone().requires_grad_(True)
-        mass = (differentiable_map(model, x_step, target, method, ig_steps) * mask).flatten(1).sum(1)
-        (grad,) = torch.autograd.grad(mass.sum(), x_step)
+    maps, _ = map_and_logits(model, x_req, target, method, ig_steps)
+    mask = topk_mask(maps.detach(), k).float()
+    mass = (maps * mask).flatten(1).sum(1)
+    (grad,) = torch.autograd.grad(mass.sum(), x_req)
+    x_adv, best, mass = x.clone(), x.clone(), mass.detach()
+    best_mass = torch.full_like(mass, float("inf"))
+    moving = torch.arange(len(x), device=x.device)  # images whose steps have not been undone
+    for step in range(steps + 1):
+        improved = mass < best_mass  # the point x_adv reached after `step` steps
+        best[improved] = x_adv[improved]
+        best_mass = torch.where(improved, mass, best_mass)
+        if step == steps or len(moving) == 0:
+            break
+        candidate = _project_linf(x_adv[moving] - step_size * grad[moving].sign(), x[moving], eps)
+        candidate_mass, candidate_grad, logits = _masked_mass(
+            model, candidate, target[moving], mask[moving], method, ig_steps
+        )
         with torch.no_grad():
-            improved = mass < best_mass
-            best[improved] = x_adv[improved]
-            best_mass = torch.where(improved, mass, best_mass)
-            candidate = _project_linf(x_adv - step_size * grad.sign(), x, eps)
-            keeps = reference_model(candidate).argmax(1) == label
-            x_adv = torch.where(keeps.view(-1, 1, 1, 1), candidate, x_adv)
-    x_req = x_adv.clone().requires_grad_(True)  # the last point too
-    mass = (differentiable_map(model, x_req, target, method, ig_steps) * mask).flatten(1).sum(1).detach()
-    improved = mass < best_mass
-    best[improved] = x_adv[improved]
+            if logits is None or reference_model is not model:
+                logits = reference_model(candidate)
+            keeps = logits.argmax(1) == label[moving]
+        kept = moving[keeps]
+        x_adv[kept], grad[kept], mass[kept] = candidate[keeps], candidate_grad[keeps], candidate_mass[keeps]
+        moving = kept
     return best.detach()
+
+
+def _masked_mass(
+    model: nn.Module, x: Tensor, target: Tensor, mask: Tensor, method: str, ig_steps: int
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The map's mass on ``mask`` at ``x`` (B,), its gradient with respect to ``x``, and the logits
+    of the map's forward pass (None for integrated gradients), all detached."""
+    x_req = x.detach().clone().requires_grad_(True)
+    maps, logits = map_and_logits(model, x_req, target, method, ig_steps)
+    mass = (maps * mask).flatten(1).sum(1)
+    (grad,) = torch.autograd.grad(mass.sum(), x_req)
+    return mass.detach(), grad, None if logits is None else logits.detach()

@@ -22,6 +22,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from .attacks import (
 from .attribution import ALIASES, attribute, normalize_attribution, resolve_method
 from .data import ImageArrays
 from .eval_state import Measured, evaluation_fingerprint, load_state, save_state
+from .fused_softplus import fused_softplus_activations
 from .metrics import SIMILARITIES, similarities
 from .models import softplus_activations
 from .precision import use_bf16
@@ -148,11 +150,17 @@ def _attacked_inputs(
     attack: str,
     settings: EvalSettings,
     generator: torch.Generator,
+    fused_softplus: bool,
 ) -> list[Tensor]:
     if attack == "random":
         return [random_perturbation(x, settings.eps, generator) for _ in range(settings.random_draws)]
     attack_method = attacked_map(method, settings)
-    with softplus_activations(model, settings.softplus_beta), attack_precision(settings, x.device):
+    with (
+        softplus_activations(model, settings.softplus_beta),
+        # also the Softplus just swapped in for a ReLU model's ReLUs
+        fused_softplus_activations(model) if fused_softplus else nullcontext(),
+        attack_precision(settings, x.device),
+    ):
         if attack == "targeted":
             x_adv = targeted_attribution_attack(
                 model,
@@ -205,6 +213,7 @@ def evaluate(
     state_path: str | Path | None = None,
     resume: bool = False,
     stop_after_seconds: float | None = None,
+    fused_softplus: bool = True,
 ) -> dict[str, Any]:
     """Measure ``model`` (pixels in [0, 1] in, logits out) on ``data``; returns the ``accuracy``,
     ``robustness`` and ``data`` sections of the results JSON. ``on_batch``, if given, receives the
@@ -214,6 +223,9 @@ def evaluate(
     :mod:`lga_zoo.eval_state`); ``resume=True`` continues from it with the same figures as an
     uninterrupted run (an existing state is refused without it). ``stop_after_seconds``: end after
     the batch that passes this time; the returned ``data.n_robustness`` says how many images are done.
+    ``fused_softplus``: run the model's Softplus activations as
+    :class:`lga_zoo.fused_softplus.FusedSoftplus` on the CPU (the same function, faster: see
+    ``benchmarks/evaluate.py --fused-softplus``); False keeps PyTorch's kernel.
 
     ``model`` is left as it was: evaluated in eval mode with everything restored after, and on
     another ``device`` through a copy."""
@@ -227,8 +239,10 @@ def evaluate(
     same_device = model_device.type == device.type and device.index in (None, model_device.index)
     if not same_device:
         model = copy.deepcopy(model).to(device)
-    with preserved(model):
-        return _evaluate(model, data, settings, device, progress, on_batch, state, stop_after_seconds)
+    with preserved(model), fused_softplus_activations(model) if fused_softplus else nullcontext():
+        return _evaluate(
+            model, data, settings, device, progress, on_batch, state, stop_after_seconds, fused_softplus
+        )
 
 
 def _start(
@@ -264,6 +278,7 @@ def _evaluate(
     on_batch: Callable[[dict[str, Any]], None] | None,
     state: Path | None = None,
     stop_after_seconds: float | None = None,
+    fused_softplus: bool = True,
 ) -> dict[str, Any]:
     started = time.monotonic()
     images = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
@@ -317,7 +332,7 @@ def _evaluate(
                 if key not in perturbed_cache:
                     n = needed[key]
                     perturbed_cache[key] = _attacked_inputs(
-                        model, x[:n], predicted[:n], method, attack, settings, generator
+                        model, x[:n], predicted[:n], method, attack, settings, generator, fused_softplus
                     )
                 perturbed = [x_prime[:count] for x_prime in perturbed_cache[key]]
                 draws = []
@@ -417,12 +432,13 @@ def run_evaluation(
     state_path: str | Path | None = None,
     resume: bool = False,
     stop_after_seconds: float | None = None,
+    fused_softplus: bool = True,
 ) -> dict[str, Any]:
     """Load the model and the data, evaluate, and assemble the full results JSON.
 
     ``on_partial``, if given, receives a results JSON over the robustness images done so far
     (``"complete": false``) after each batch, so a long run that is stopped still leaves its figures.
-    ``state_path``, ``resume`` and ``stop_after_seconds`` are :func:`evaluate`'s; a run that stopped
+    ``state_path``, ``resume``, ``stop_after_seconds`` and ``fused_softplus`` are :func:`evaluate`'s; a run that stopped
     early returns ``"complete": false``.
     """
     from .datasets import eval_arrays
@@ -465,7 +481,16 @@ def run_evaluation(
 
     on_batch = None if on_partial is None else (lambda measured: on_partial(results_json(measured, False)))
     measured = evaluate(
-        model, data, settings, device, progress, on_batch, state_path, resume, stop_after_seconds
+        model,
+        data,
+        settings,
+        device,
+        progress,
+        on_batch,
+        state_path,
+        resume,
+        stop_after_seconds,
+        fused_softplus,
     )
     wanted = min(settings.n_robustness, len(data.labels))
     return results_json(measured, measured["data"]["n_robustness"] == wanted)

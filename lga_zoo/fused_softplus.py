@@ -9,8 +9,9 @@ its backward, ``grad * sigmoid(beta x)``, is made of differentiable ops, so doub
 the Hessian norm) works. Off the CPU, or where ``torch.compile`` cannot build the kernel (no C++
 compiler), it is plain ``nn.Softplus`` (the latter with one warning).
 
-The trainer puts it into the model it trains on the CPU (:func:`fuse_softplus`); published models
-load with plain ``nn.Softplus`` (neither has parameters, so the weights are the same). Unlike
+The trainer puts it into the model it trains on the CPU (:func:`fuse_softplus`), and the evaluation
+into the caller's model for the length of the run (:func:`fused_softplus_activations`); published
+models load with plain ``nn.Softplus`` (neither has parameters, so the weights are the same). Unlike
 ``nn.Softplus`` it has no linear regime above ``threshold`` (it differs there by < exp(-20) / beta).
 Measured by ``python benchmarks/train_step.py --fused-softplus``.
 """
@@ -18,9 +19,13 @@ Measured by ``python benchmarks/train_step.py --fused-softplus``.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+
+from .state import HOOK_DICTS
 
 _compiled_kernel = None
 _compile_failed = False
@@ -52,7 +57,9 @@ class _SoftplusFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
-        return grad * torch.sigmoid(ctx.beta * x), None
+        # in fp32 (fp64 for fp64), as PyTorch's softplus backward computes bf16; differentiable
+        x32 = x if x.dtype == torch.float64 else x.float()
+        return (grad * torch.sigmoid(ctx.beta * x32)).to(x.dtype), None
 
 
 class FusedSoftplus(nn.Softplus):
@@ -74,11 +81,40 @@ class FusedSoftplus(nn.Softplus):
             return super().forward(x)
 
 
-def fuse_softplus(module: nn.Module) -> nn.Module:
-    """Replace every ``nn.Softplus`` in ``module`` by a :class:`FusedSoftplus` of the same beta and
-    threshold, in place; returns ``module``. For a model one built oneself (the trainer's own)."""
+def _plain_softplus_children(module: nn.Module) -> list[tuple[nn.Module, str, nn.Softplus]]:
+    """(parent, attribute name, child) for every plain ``nn.Softplus`` in ``module`` that has no
+    hooks (a swapped-out module's hooks would silently stop firing)."""
+    found = []
     for parent in module.modules():
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Softplus:
-                setattr(parent, name, FusedSoftplus(beta=child.beta, threshold=child.threshold))
+        for name, child in parent.named_children():
+            hooked = any(getattr(child, hooks, None) for hooks in HOOK_DICTS)
+            if type(child) is nn.Softplus and not hooked:
+                found.append((parent, name, child))
+    return found
+
+
+def _fused_like(softplus: nn.Softplus) -> FusedSoftplus:
+    return FusedSoftplus(beta=softplus.beta, threshold=softplus.threshold).train(softplus.training)
+
+
+def fuse_softplus(module: nn.Module) -> nn.Module:
+    """Replace every hook-free ``nn.Softplus`` in ``module`` by a :class:`FusedSoftplus` of the same
+    beta and threshold, in place; returns ``module``. For a model one built oneself (the trainer's own)."""
+    for parent, name, child in _plain_softplus_children(module):
+        setattr(parent, name, _fused_like(child))
     return module
+
+
+@contextmanager
+def fused_softplus_activations(module: nn.Module) -> Iterator[nn.Module]:
+    """Run the block with every plain, hook-free ``nn.Softplus`` of ``module`` swapped for a
+    :class:`FusedSoftplus` of the same beta (the same function, faster on the CPU); the original
+    modules come back on exit, also when the block raises. For a caller's model (the evaluation)."""
+    swapped = _plain_softplus_children(module)
+    try:
+        for parent, name, child in swapped:
+            setattr(parent, name, _fused_like(child))
+        yield module
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)

@@ -110,6 +110,54 @@ def test_perturbations_stay_in_ball_and_are_deterministic(images):
         assert (size <= eps + 1e-5).all() and adv.min() >= 0 and adv.max() <= 1
 
 
+def reference_topk_attack(model, x, target, eps, steps, k, method, reference_model):
+    """The top-k attack as first written: a fresh map at every accepted point, a separate forward
+    pass for every candidate's class, and the last point measured after the loop."""
+    from lga_zoo.metrics import topk_mask
+
+    step_size = eps / 8
+    label = reference_model(x).argmax(1)
+    x_req = x.clone().requires_grad_(True)
+    mask = topk_mask(differentiable_map(model, x_req, target, method).detach(), k).float()
+    x_adv, best = x.clone(), x.clone()
+    best_mass = torch.full((len(x),), float("inf"), dtype=x.dtype)
+    rejected = 0
+    for _ in range(steps + 1):
+        x_step = x_adv.clone().requires_grad_(True)
+        mass = (differentiable_map(model, x_step, target, method) * mask).flatten(1).sum(1)
+        (grad,) = torch.autograd.grad(mass.sum(), x_step)
+        with torch.no_grad():
+            improved = mass < best_mass
+            best[improved] = x_adv[improved]
+            best_mass = torch.where(improved, mass, best_mass)
+            candidate = torch.min(torch.max(x_adv - step_size * grad.sign(), x - eps), x + eps).clamp(0, 1)
+            keeps = reference_model(candidate).argmax(1) == label
+            rejected += (~keeps).sum().item()
+            x_adv = torch.where(keeps.view(-1, 1, 1, 1), candidate, x_adv)
+    return best, rejected
+
+
+@pytest.mark.parametrize("method", ["grad", "integrated_gradients"])
+@pytest.mark.parametrize("own_reference", [True, False])
+def test_topk_attack_matches_the_step_by_step_reference(method, own_reference):
+    # One map per step (the class read from the map's own forward, an undone step's gradient kept)
+    # gives the same points as recomputing everything at every step; in float64 they are equal.
+    model = relu_cnn().double()
+    reference_model = model if own_reference else relu_cnn(seed=1).double()
+    x = torch.rand(12, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    target = model(x).argmax(1)
+    eps, steps = 32 / 255, 20  # large enough that many steps are undone
+    with softplus_activations(model, 20.0):
+        expected, rejected = reference_topk_attack(model, x, target, eps, steps, 0.1, method, reference_model)
+        got = topk_attack(
+            model, x, target, eps=eps, steps=steps, k=0.1, method=method,
+            reference_model=None if own_reference else reference_model,
+        )  # fmt: skip
+    assert rejected > 0, "the check of undone steps needs some steps undone"
+    assert not torch.equal(expected, x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
 def test_attacks_lower_similarity_more_than_noise(images):
     model = relu_cnn()
     target = model(images).argmax(1)

@@ -56,6 +56,15 @@ def test_bf16_no_less_accurate_than_nn_softplus():
     theirs = nn.Softplus(beta=3.0)(x)
     assert ours.dtype == torch.bfloat16
     assert (ours.double() - exact).abs().max() <= (theirs.double() - exact).abs().max() + 1e-12
+    # and the first derivative (of sum(softplus(x)), i.e. sigmoid(beta x)), also in bf16
+    exact_grad = torch.sigmoid(3.0 * x.double())
+    grads = []
+    for module in (FusedSoftplus(beta=3.0), nn.Softplus(beta=3.0)):
+        x_req = x.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(module(x_req).sum(), x_req)
+        assert grad.dtype == torch.bfloat16
+        grads.append((grad.double() - exact_grad).abs().max())
+    assert grads[0] <= grads[1] + 1e-12
 
 
 def test_fuse_softplus_keeps_the_model_function_and_weights():
@@ -101,3 +110,77 @@ def test_falls_back_to_nn_softplus_with_a_warning(monkeypatch):
         y = FusedSoftplus(beta=3.0)(x)
     torch.testing.assert_close(y, nn.Softplus(beta=3.0)(x))
     assert fused._compile_failed
+
+
+def softplus_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.Softplus(beta=3.0), nn.Conv2d(8, 8, 3, padding=1),
+        nn.Softplus(beta=3.0), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10),
+    )  # fmt: skip
+    return lga_zoo.wrap(net, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 16, 16)).eval()
+
+
+def test_fused_softplus_activations_swaps_for_the_block_only():
+    model = softplus_cnn()
+    originals = [m for m in model.modules() if type(m) is nn.Softplus]
+    hooked = originals[1]
+    hooked.register_forward_hook(lambda module, args, output: None)
+    with fused.fused_softplus_activations(model):
+        inside = [m for m in model.modules() if isinstance(m, nn.Softplus)]
+        assert type(inside[0]) is FusedSoftplus and inside[0].beta == 3.0
+        assert inside[1] is hooked  # a hooked module stays, so its hook still fires
+    assert [m for m in model.modules() if isinstance(m, nn.Softplus)] == originals
+    with pytest.raises(RuntimeError, match="in the block"), fused.fused_softplus_activations(model):
+        raise RuntimeError("in the block")
+    after = [m for m in model.modules() if isinstance(m, nn.Softplus)]
+    assert all(a is b for a, b in zip(after, originals, strict=True))
+
+
+def relu_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10),
+    )  # fmt: skip
+    return lga_zoo.wrap(net, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 16, 16)).eval()
+
+
+@pytest.mark.parametrize("make_model", [softplus_cnn, relu_cnn])
+def test_evaluation_figures_do_not_depend_on_the_softplus_kernel(monkeypatch, make_model):
+    # The same function to < 1e-6: every figure of a small evaluation (fp32 attacks) agrees. A ReLU
+    # model gets the fused kernel in the attacks, for the Softplus(20) swapped in for its ReLUs.
+    import numpy as np
+
+    from lga_zoo.data import CIFAR10_CLASSES, ImageArrays
+    from lga_zoo.evaluate import EvalSettings, evaluate
+
+    calls = []
+    forward = FusedSoftplus.forward
+    monkeypatch.setattr(FusedSoftplus, "forward", lambda self, x: calls.append(1) or forward(self, x))
+    rng = np.random.default_rng(0)
+    data = ImageArrays(
+        rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
+        rng.integers(0, 10, 8),
+        CIFAR10_CLASSES,
+        "synthetic",
+    )
+    settings = EvalSettings(
+        methods=("grad",), n_robustness=8, attack_steps=5, random_draws=2, batch_size=8,
+        similarities=("topk", "kendall", "cosine"), pgd_steps=3,
+    )  # fmt: skip
+    model = make_model()
+    modules = list(model.modules())
+    plain = evaluate(model, data, settings, progress=False, fused_softplus=False)
+    assert not calls
+    with_fused = evaluate(model, data, settings, progress=False, fused_softplus=True)
+    assert calls, "the fused kernel ran"
+    assert all(a is b for a, b in zip(model.modules(), modules, strict=True))  # the caller's modules
+    assert plain["accuracy"] == with_fused["accuracy"]
+    for attack, metrics in plain["robustness"]["grad"].items():
+        for metric, value in metrics.items():
+            other = with_fused["robustness"]["grad"][attack][metric]
+            if isinstance(value, dict):
+                assert other["mean"] == pytest.approx(value["mean"], abs=0.01), (attack, metric)
+            else:
+                assert other == value, (attack, metric)

@@ -347,7 +347,7 @@ def test_the_flagship_queue_skips_what_the_checkout_already_publishes(tmp_path):
     from lga_zoo.registry import get_entry
 
     state = _flagship_state()
-    name = "resnet18_cifar10_hessian"  # a fine-tune, published and evaluated on 500 images
+    name = "resnet18_cifar10_control"  # a fine-tune, published and evaluated on 500 images
     assert state.evaluated_reason(name, 500) is None
     assert "fewer than 501" in state.evaluated_reason(name, 501)
     assert "not published" in state.trained_reason("resnet18_imagenet100_lga")
