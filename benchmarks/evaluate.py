@@ -76,16 +76,20 @@ def bench_device(device: torch.device, args: argparse.Namespace, kernels: tuple[
     backbone = create_backbone(args.arch, 10, activation=args.activation, softplus_beta=args.softplus_beta)
     model = lga_zoo.wrap(backbone, input_size=(3, 32, 32)).to(device).eval()
     x_all = torch.rand(args.images, 3, 32, 32, device=device)
-    seconds = {}
-    for kernel in kernels:
-        fused = kernel == "fused"
-        with fused_softplus_activations(model) if fused else nullcontext():
-            parts = evaluation_parts(model, args, device, fused)
-            for fn in parts.values():  # warm-up: a batch of two (and the fused kernel's compiles)
+
+    def kernel_context(kernel):
+        return fused_softplus_activations(model) if kernel == "fused" else nullcontext()
+
+    parts = {kernel: evaluation_parts(model, args, device, kernel == "fused") for kernel in kernels}
+    for kernel in kernels:  # warm-up: every part on two images (and the fused kernel's compiles)
+        with kernel_context(kernel):
+            for fn in parts[kernel].values():
                 time_per_image(model, x_all[:2], 2, fn, device)
-            seconds[kernel] = {
-                name: time_per_image(model, x_all, args.batch, fn, device) for name, fn in parts.items()
-            }
+    seconds = {kernel: {} for kernel in kernels}
+    for name in parts[kernels[0]]:  # the kernels in turn, part by part: a drift in speed hits both
+        for kernel in kernels:
+            with kernel_context(kernel):
+                seconds[kernel][name] = time_per_image(model, x_all, args.batch, parts[kernel][name], device)
     for name in seconds[kernels[0]]:
         print(
             f"| {device.type} | {name} | " + " | ".join(f"{1 / seconds[k][name]:.2f}" for k in kernels) + " |"

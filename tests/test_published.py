@@ -166,14 +166,15 @@ def test_lga_reaches_the_issue_target_under_an_independent_frame_attack(frame_at
     assert frame_attack_top_k["lga"] >= frame_attack_top_k["standard"] + 0.10, frame_attack_top_k
 
 
-def print_independent_check(archive) -> None:
-    """Print issue 12's independent check for every published resnet18_cifar10 model: this file's
-    accuracy on the 2,000 seeded test images and frame-attack top-k on the 200 the tests use."""
+def print_independent_check(archive, names=()) -> None:
+    """Print issue 12's independent check for every published resnet18_cifar10 model (or those of
+    ``names``): this file's accuracy on the 2,000 seeded test images and frame-attack top-k on the
+    200 the tests use."""
     accuracy_sample = seeded_test_images(archive, 2000, seed=0)
     attack_sample = seeded_test_images(archive, 200, seed=1)
     print("| model | card accuracy | own accuracy (2,000) | frame-attack top-k (200) |")
     print("|---|---|---|---|")
-    for name in (n for n in PUBLISHED if n.startswith("resnet18_cifar10_")):
+    for name in names or [n for n in PUBLISHED if n.startswith("resnet18_cifar10_")]:
         model = lga_zoo.load(name)
         print(
             f"| {name} | {card_accuracy(name, model):.4f} | {own_accuracy(model, *accuracy_sample):.4f} "
@@ -183,9 +184,9 @@ def print_independent_check(archive) -> None:
 
 
 if __name__ == "__main__":
-    # python tests/test_published.py [CIFAR-10 ARCHIVE]: the figures the slow tests above assert on
+    # python tests/test_published.py [CIFAR-10 ARCHIVE [NAME ...]]: the figures the slow tests assert on
     import sys
 
     from conftest import SHARED_CIFAR
 
-    print_independent_check(Path(sys.argv[1]) if len(sys.argv) > 1 else SHARED_CIFAR)
+    print_independent_check(Path(sys.argv[1]) if len(sys.argv) > 1 else SHARED_CIFAR, sys.argv[2:])
