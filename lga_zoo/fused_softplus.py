@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from .state import HOOK_DICTS
+from .state import HOOK_DICTS, swapped_children
 
 _compiled_kernel = None
 _compile_failed = False
@@ -81,27 +81,21 @@ class FusedSoftplus(nn.Softplus):
             return super().forward(x)
 
 
-def _plain_softplus_children(module: nn.Module) -> list[tuple[nn.Module, str, nn.Softplus]]:
-    """(parent, attribute name, child) for every plain ``nn.Softplus`` in ``module`` that has no
-    hooks (a swapped-out module's hooks would silently stop firing)."""
-    found = []
-    for parent in module.modules():
-        for name, child in parent.named_children():
-            hooked = any(getattr(child, hooks, None) for hooks in HOOK_DICTS)
-            if type(child) is nn.Softplus and not hooked:
-                found.append((parent, name, child))
-    return found
-
-
-def _fused_like(softplus: nn.Softplus) -> FusedSoftplus:
-    return FusedSoftplus(beta=softplus.beta, threshold=softplus.threshold).train(softplus.training)
+def _fused_replacement(child: nn.Module) -> FusedSoftplus | None:
+    """A :class:`FusedSoftplus` like ``child`` if it is a plain ``nn.Softplus`` without hooks (a
+    swapped-out module's hooks would silently stop firing), else None."""
+    if type(child) is not nn.Softplus or any(getattr(child, hooks, None) for hooks in HOOK_DICTS):
+        return None
+    return FusedSoftplus(beta=child.beta, threshold=child.threshold).train(child.training)
 
 
 def fuse_softplus(module: nn.Module) -> nn.Module:
     """Replace every hook-free ``nn.Softplus`` in ``module`` by a :class:`FusedSoftplus` of the same
     beta and threshold, in place; returns ``module``. For a model one built oneself (the trainer's own)."""
-    for parent, name, child in _plain_softplus_children(module):
-        setattr(parent, name, _fused_like(child))
+    for parent in module.modules():
+        for name, child in list(parent.named_children()):
+            if (fused := _fused_replacement(child)) is not None:
+                setattr(parent, name, fused)
     return module
 
 
@@ -110,11 +104,5 @@ def fused_softplus_activations(module: nn.Module) -> Iterator[nn.Module]:
     """Run the block with every plain, hook-free ``nn.Softplus`` of ``module`` swapped for a
     :class:`FusedSoftplus` of the same beta (the same function, faster on the CPU); the original
     modules come back on exit, also when the block raises. For a caller's model (the evaluation)."""
-    swapped = _plain_softplus_children(module)
-    try:
-        for parent, name, child in swapped:
-            setattr(parent, name, _fused_like(child))
+    with swapped_children(module, _fused_replacement):
         yield module
-    finally:
-        for parent, name, child in swapped:
-            setattr(parent, name, child)

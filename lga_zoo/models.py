@@ -21,6 +21,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import BasicBlock, ResNet
 from torch import Tensor, nn
 
+from .state import swapped_children
+
 ACTIVATIONS = ("relu", "softplus")
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -104,17 +106,10 @@ def set_activation(module: nn.Module, activation: str = "relu", beta: float = 20
 def softplus_activations(module: nn.Module, beta: float = 20.0) -> Iterator[nn.Module]:
     """Temporarily swap every ReLU module for Softplus(beta); the originals come back on exit,
     also when the body raises. Functional ``F.relu`` calls are not affected."""
-    swapped: list[tuple[nn.Module, str, nn.Module]] = []
-    for parent in module.modules():
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.ReLU):
-                swapped.append((parent, name, child))
-                setattr(parent, name, nn.Softplus(beta=beta))
-    try:
+    with swapped_children(
+        module, lambda child: nn.Softplus(beta=beta) if isinstance(child, nn.ReLU) else None
+    ):
         yield module
-    finally:
-        for parent, name, child in swapped:
-            setattr(parent, name, child)
 
 
 def create_backbone(

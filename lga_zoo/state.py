@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +82,27 @@ def preserved(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
         yield model
     finally:
         state.restore()
+
+
+@contextlib.contextmanager
+def swapped_children(
+    module: nn.Module, replacement: Callable[[nn.Module], nn.Module | None]
+) -> Iterator[nn.Module]:
+    """Run the block with every submodule of ``module`` for which ``replacement(child)`` returns a
+    module swapped for that module; the originals come back on exit, also when the block raises."""
+    swapped = [
+        (parent, name, child, new)
+        for parent in module.modules()
+        for name, child in parent.named_children()
+        if (new := replacement(child)) is not None
+    ]
+    try:
+        for parent, name, _, new in swapped:
+            setattr(parent, name, new)
+        yield module
+    finally:
+        for parent, name, child, _ in swapped:
+            setattr(parent, name, child)
 
 
 def keeps_model_state(function):

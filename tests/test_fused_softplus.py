@@ -112,17 +112,18 @@ def test_falls_back_to_nn_softplus_with_a_warning(monkeypatch):
     assert fused._compile_failed
 
 
-def softplus_cnn() -> nn.Module:
+def small_cnn(activation: str = "softplus") -> nn.Module:
     torch.manual_seed(0)
+    act = (lambda: nn.Softplus(beta=3.0)) if activation == "softplus" else nn.ReLU
     net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.Softplus(beta=3.0), nn.Conv2d(8, 8, 3, padding=1),
-        nn.Softplus(beta=3.0), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10),
+        nn.Conv2d(3, 8, 3, padding=1), act(), nn.Conv2d(8, 8, 3, padding=1), act(),
+        nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10),
     )  # fmt: skip
     return lga_zoo.wrap(net, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 16, 16)).eval()
 
 
 def test_fused_softplus_activations_swaps_for_the_block_only():
-    model = softplus_cnn()
+    model = small_cnn()
     originals = [m for m in model.modules() if type(m) is nn.Softplus]
     hooked = originals[1]
     hooked.register_forward_hook(lambda module, args, output: None)
@@ -137,17 +138,8 @@ def test_fused_softplus_activations_swaps_for_the_block_only():
     assert all(a is b for a, b in zip(after, originals, strict=True))
 
 
-def relu_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
-        nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10),
-    )  # fmt: skip
-    return lga_zoo.wrap(net, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 16, 16)).eval()
-
-
-@pytest.mark.parametrize("make_model", [softplus_cnn, relu_cnn])
-def test_evaluation_figures_do_not_depend_on_the_softplus_kernel(monkeypatch, make_model):
+@pytest.mark.parametrize("activation", ["softplus", "relu"])
+def test_evaluation_figures_do_not_depend_on_the_softplus_kernel(monkeypatch, activation):
     # The same function to < 1e-6: every figure of a small evaluation (fp32 attacks) agrees. A ReLU
     # model gets the fused kernel in the attacks, for the Softplus(20) swapped in for its ReLUs.
     import numpy as np
@@ -169,7 +161,7 @@ def test_evaluation_figures_do_not_depend_on_the_softplus_kernel(monkeypatch, ma
         methods=("grad",), n_robustness=8, attack_steps=5, random_draws=2, batch_size=8,
         similarities=("topk", "kendall", "cosine"), pgd_steps=3,
     )  # fmt: skip
-    model = make_model()
+    model = small_cnn(activation)
     modules = list(model.modules())
     plain = evaluate(model, data, settings, progress=False, fused_softplus=False)
     assert not calls
