@@ -9,7 +9,8 @@ folder holding it):
 
 Decoding 60,000 JPEGs takes seconds each time, so each split is decoded once into
 ``<cache>/cifar10-<key>/<split>.npz`` (``LGA_ZOO_CACHE``, default ``~/.cache/lga_zoo``).
-Batches come from :class:`TensorBatches`, which augments on the tensor (pad-4 random crop, flip).
+Batches come from :class:`TensorBatches`, which augments on the tensor (pad-4 random crop, flip,
+optionally cutout).
 """
 
 from __future__ import annotations
@@ -265,10 +266,44 @@ def augment_cifar(images: Tensor, generator: torch.Generator | None = None, padd
     return padded[batch_index, channel_index, rows, cols]
 
 
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel mean of the training pixels in [0, 1]
+
+
+def cutout(
+    images: Tensor,
+    size: int,
+    generator: torch.Generator | None = None,
+    fill: tuple[float, ...] = CIFAR10_MEAN,
+) -> Tensor:
+    """Cutout (DeVries & Taylor, 2017) of a float batch (B, C, H, W): a new batch where, for each
+    image, a ``size`` x ``size`` square centred on a uniformly drawn pixel (clipped at the border, so
+    it may be smaller) holds the per-channel ``fill`` (the data mean: the zero of the normalized input,
+    as in the paper). ``images`` is not written to."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError(f"cutout size={size!r} must be a non-negative integer number of pixels")
+    b, c, h, w = images.shape
+    if len(fill) != c:
+        raise ValueError(f"cutout fill has {len(fill)} values for {c} channels")
+    if size == 0:
+        return images.clone()
+    cy = torch.randint(0, h, (b,), generator=generator).to(images.device)
+    cx = torch.randint(0, w, (b,), generator=generator).to(images.device)
+    top, left = cy - size // 2, cx - size // 2
+    rows = torch.arange(h, device=images.device)[None]
+    cols = torch.arange(w, device=images.device)[None]
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size)  # (B, H)
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size)  # (B, W)
+    square = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # (B, 1, H, W)
+    fill_values = torch.tensor(fill, dtype=images.dtype, device=images.device).view(1, c, 1, 1)
+    return torch.where(square, fill_values, images)
+
+
 class TensorBatches:
     """Batches of (pixels in [0, 1] as float (B, C, H, W), labels) from an :class:`ImageArrays`.
 
-    ``shuffle`` reorders each epoch from ``seed + epoch``; ``augment`` applies :func:`augment_cifar`.
+    ``shuffle`` reorders each epoch from ``seed + epoch``; ``augment`` applies :func:`augment_cifar`,
+    then, when ``cutout`` > 0, :func:`cutout` with squares of that side. Cutout draws from a generator
+    of its own, so the crops and flips are the same with or without it.
     Under DDP pass ``rank``/``world_size``: each process takes every ``world_size``-th index of the
     shared order (the tail is dropped so every rank gets the same number of batches).
     """
@@ -283,6 +318,7 @@ class TensorBatches:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        cutout: int = 0,
     ):
         self.images = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
         self.labels = torch.from_numpy(data.labels)
@@ -293,6 +329,7 @@ class TensorBatches:
         self.rank = rank
         self.world_size = world_size
         self.drop_last = drop_last
+        self.cutout = cutout
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -322,7 +359,9 @@ class TensorBatches:
 
     def __iter__(self):
         order = self._indices()
-        aug_gen = torch.Generator().manual_seed(10_000 + self.seed * 1_000 + self.epoch * 7 + self.rank)
+        aug_seed = 10_000 + self.seed * 1_000 + self.epoch * 7 + self.rank
+        aug_gen = torch.Generator().manual_seed(aug_seed)
+        cutout_gen = torch.Generator().manual_seed(aug_seed + 500_000)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             if self.drop_last and len(idx) < self.batch_size:
@@ -330,4 +369,6 @@ class TensorBatches:
             x = self.images[idx].float().div_(255)
             if self.augment:
                 x = augment_cifar(x, aug_gen)
+                if self.cutout:
+                    x = cutout(x, self.cutout, cutout_gen)
             yield x, self.labels[idx]

@@ -275,7 +275,15 @@ def _cifar10(recipe, data_dir, backbone_cfg, rank: int, world_size: int) -> Trai
             train_data.images[subset], train_data.labels[subset], train_data.classes, train_data.name
         )
     common = {"seed": recipe.seed, "rank": rank, "world_size": world_size}
-    train = TensorBatches(train_data, recipe.batch_size, shuffle=True, augment=True, drop_last=True, **common)
+    train = TensorBatches(
+        train_data,
+        recipe.batch_size,
+        shuffle=True,
+        augment=True,
+        drop_last=True,
+        cutout=recipe.cutout,
+        **common,
+    )
     test = TensorBatches(test_data, 500, rank=rank, world_size=world_size)
     input_size = (
         tuple(recipe.input_size) if recipe.input_size else tuple(backbone_cfg.get("input_size", (3, 32, 32)))

@@ -93,6 +93,7 @@ class Recipe:
     schedule: dict = field(default_factory=lambda: {"name": "cosine", "warmup_epochs": 0})
     regularizer: dict = field(default_factory=lambda: {"name": "none"})
     label_smoothing: float = 0.0  # of the cross-entropy term
+    cutout: int = 0  # side in pixels of the cutout square (CIFAR-10 training batches); 0: none
     seed: int = 0
     amp: str = "bf16"  # bf16 autocast on CPU and GPU; fp16 (with a grad scaler) on GPU only
     channels_last: bool = True  # used on GPU only
@@ -122,6 +123,14 @@ class Recipe:
         _check_number("label_smoothing", self.label_smoothing, low=0)
         if self.label_smoothing >= 1:
             raise RecipeError(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")
+        _check_number("cutout", self.cutout, low=0, integer=True)
+        if self.cutout > 32:
+            raise RecipeError(f"cutout={self.cutout!r} is the side of a square in pixels: 0 (none) to 32")
+        if self.cutout and self.dataset != "cifar10":
+            raise RecipeError(
+                f"cutout={self.cutout!r} applies to dataset: cifar10 only (this recipe's is {self.dataset!r}); "
+                "use 0 or leave it out"
+            )
         _check_number("eval_every", self.eval_every, low=1, integer=True)
         _check_choice("amp", self.amp, AMP_MODES)
         _check_bool("channels_last", self.channels_last)

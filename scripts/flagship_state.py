@@ -20,14 +20,18 @@ def trained_reason(name: str, repo: Path = REPO) -> str | None:
     """``None`` when ``model_cards/NAME`` holds pinned weights whose config records the recipe
     ``recipes/NAME.yaml`` says today and, for a fine-tune of a zoo model, that model's pinned weights
     as its start; else why it does not."""
-    from lga_zoo.recipe import load_recipe
+    from lga_zoo.recipe import RecipeError, load_recipe, recipe_from_dict
     from lga_zoo.registry import get_entry
 
     folder = repo / "model_cards" / name
     if get_entry(name).sha256 is None or not (folder / "config.json").is_file():
         return f"{name} is not published"
     ours = json.loads((folder / "config.json").read_text())["lga_zoo"]
-    if ours.get("recipe") != load_recipe(repo / "recipes" / f"{name}.yaml").to_dict():
+    try:  # read again, so that a recipe key added since then counts at its default value
+        published = recipe_from_dict(ours.get("recipe") or {}).to_dict()
+    except RecipeError:
+        published = None
+    if published != load_recipe(repo / "recipes" / f"{name}.yaml").to_dict():
         return f"{name} was published from another recipe than recipes/{name}.yaml"
     init = ours.get("init") or {}
     if init.get("zoo_name") and init.get("sha256") != get_entry(init["zoo_name"]).sha256:

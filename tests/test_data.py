@@ -10,6 +10,7 @@ from lga_zoo.data import (
     DataError,
     TensorBatches,
     augment_cifar,
+    cutout,
     imagenet100_folder,
     imagenet100_wnids,
     load_cifar10,
@@ -82,6 +83,58 @@ def test_augment_is_a_padded_crop_or_its_mirror():
     assert kinds == {"plain", "flip"}
 
 
+def _cutout_by_loops(images, size, centres, fill):
+    """Cutout written pixel by pixel: the square of side ``size`` whose top-left corner is
+    (cy - size // 2, cx - size // 2), clipped at the border, holds ``fill``."""
+    out = images.clone()
+    _, c, h, w = images.shape
+    for i, (cy, cx) in enumerate(centres):
+        for r in range(cy - size // 2, cy - size // 2 + size):
+            for col in range(cx - size // 2, cx - size // 2 + size):
+                if 0 <= r < h and 0 <= col < w:
+                    for ch in range(c):
+                        out[i, ch, r, col] = fill[ch]
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 4, 5, 8])
+def test_cutout_matches_a_pixel_loop_and_leaves_the_input_alone(size):
+    images = torch.rand(40, 3, 8, 8)
+    before = images.clone()
+    fill = (0.1, 0.2, 0.3)
+    out = cutout(images, size, torch.Generator().manual_seed(size), fill=fill)
+    # The same draws as cutout's: the centre rows of every image, then their columns.
+    gen = torch.Generator().manual_seed(size)
+    cy, cx = torch.randint(0, 8, (40,), generator=gen), torch.randint(0, 8, (40,), generator=gen)
+    expected = _cutout_by_loops(images, size, zip(cy.tolist(), cx.tolist()), fill)
+    assert torch.equal(out, expected)
+    assert torch.equal(images, before)
+    filled = (out != images).any(dim=1).sum(dim=(1, 2))  # pixels changed per image
+    assert filled.min() >= 1 and filled.max() <= size * size  # the centre is always inside the image
+    assert torch.equal(cutout(images, 0), images)
+
+
+def test_cutout_refuses_bad_sizes():
+    with pytest.raises(ValueError, match="size=-1 must be a non-negative integer"):
+        cutout(torch.rand(2, 3, 8, 8), -1)
+    with pytest.raises(ValueError, match="3 values for 1 channels"):
+        cutout(torch.rand(2, 1, 8, 8), 2)
+
+
+def test_tensor_batches_cutout_keeps_the_crops_and_flips(tiny_cifar):
+    """Cutout draws from a generator of its own: the batches with it are those without it, but for
+    one square per image filled with the data mean."""
+    data = load_cifar10(tiny_cifar, "train")
+    plain = TensorBatches(data, 16, shuffle=True, augment=True, seed=2)
+    cut = TensorBatches(data, 16, shuffle=True, augment=True, seed=2, cutout=3)
+    for (x, y), (xc, yc) in zip(plain, cut):
+        assert torch.equal(y, yc)
+        changed = x != xc
+        assert changed.any(dim=1).sum(dim=(1, 2)).max() <= 9
+        mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1).expand_as(xc)
+        assert torch.equal(xc[changed], mean[changed])
+
+
 def test_tensor_batches_shard_without_overlap(tiny_cifar):
     data = load_cifar10(tiny_cifar, "train")
     seen = []
@@ -147,3 +200,12 @@ def test_temporaries_of_killed_processes_are_removed(tmp_path):
     removed = remove_stale_temporaries(tmp_path)
     assert len(removed) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, keep.name])
+
+
+def test_a_cutout_recipe_reaches_the_training_batches(tiny_cifar):
+    from lga_zoo.datasets import prepare_data
+    from lga_zoo.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict({"name": "r", "architecture": "resnet18_w16_cifar", "cutout": 5})
+    data = prepare_data(recipe, tiny_cifar, {"input_size": (3, 32, 32)})
+    assert data.train.cutout == 5 and data.train.augment and data.test.cutout == 0

@@ -71,6 +71,9 @@ def test_a_recipe_that_starts_from_a_run_folder_ships_the_stage_recipe_that_make
         ({"epochs": 0}, "epochs=0 must be >= 1"),
         ({"amp": "fp8"}, "amp='fp8'"),
         ({"schedule": {"name": "steps", "milestones": "10"}}, "milestones"),
+        ({"cutout": 33}, "cutout=33 is the side of a square in pixels: 0 .none. to 32"),
+        ({"cutout": 8.5}, "cutout=8.5 must be an integer"),
+        ({"cutout": 8, "dataset": "folder"}, "cutout=8 applies to dataset: cifar10 only"),
     ],
 )
 def test_bad_recipes_name_the_key(change, message):
@@ -358,10 +361,13 @@ def test_the_flagship_queue_skips_what_the_checkout_already_publishes(tmp_path):
     recipe = json.loads((REPO / "model_cards" / name / "config.json").read_text())["lga_zoo"]["recipe"]
     (tmp_path / "recipes" / f"{name}.yaml").write_text(yaml.safe_dump({**recipe, "epochs": 5}))
     assert "another recipe" in state.trained_reason(name, tmp_path)
+    (tmp_path / "recipes" / f"{name}.yaml").write_text(yaml.safe_dump({**recipe, "cutout": 8}))
+    assert "another recipe" in state.trained_reason(name, tmp_path)
     (tmp_path / "recipes" / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
     config_path = tmp_path / "model_cards" / name / "config.json"
     config = json.loads(config_path.read_text())
     config["lga_zoo"]["init"]["sha256"] = get_entry("resnet18_cifar10_standard").sha256
+    config["lga_zoo"]["recipe"].pop("cutout", None)  # published before the key existed: its default
     config_path.write_text(json.dumps(config))
     assert state.trained_reason(name, tmp_path) is None  # today's recipe, from the pinned standard
     config["lga_zoo"]["init"]["sha256"] = "0" * 64  # the standard was republished since
