@@ -13,11 +13,17 @@
 # README table); commit them. Attacks run under bf16 autocast where the CPU has native bf16 kernels
 # (benchmarks/evaluate_precision.py found every figure inside the fp32 interval on such a CPU) and
 # in fp32 elsewhere (lga_zoo/precision.py).
+#
+# One submission holds at most two replaced weight files (scripts/submission_size.py): before each
+# training step the queue checks that this session's commits since SESSION_BASE (default: HEAD when
+# the queue starts), and what is published but not committed, leave room for one more, and stops
+# with a note otherwise. Commit and land, then start it again in the next session.
 set -u
 command -v lga-zoo > /dev/null || { echo "lga-zoo is not on PATH: activate the environment it is installed in first" >&2; exit 2; }
 RUNS=${RUNS:-$HOME/lga-runs}
 DATA=${DATA:-../shared/data}
 Q=$RUNS/queue
+SESSION_BASE=${SESSION_BASE:-$(git rev-parse HEAD)}
 mkdir -p "$Q"
 log() { echo "$(date '+%F %T') $*" >> "$Q/queue.log"; }
 step() {  # step NAME COMMAND...: run it, logged; stop the queue on a failure
@@ -27,6 +33,10 @@ step() {  # step NAME COMMAND...: run it, logged; stop the queue on a failure
 }
 train() {  # train NAME: recipes/NAME.yaml into $RUNS/NAME/run (resumed when it holds a checkpoint), then publish
   python scripts/flagship_state.py trained "$1" && return 0
+  if ! python scripts/submission_size.py "$SESSION_BASE" --room 110; then
+    log "stop before training $1: no room for its weights in this session's submission; land first"
+    exit 0
+  fi
   local out=$RUNS/$1/run resume=""
   [ -f "$out/checkpoint.pt" ] && resume=--resume
   lga-zoo train "recipes/$1.yaml" --data-dir "$DATA" --out "$out" $resume --no-progress --checkpoint-minutes 10 \

@@ -14,6 +14,9 @@
 #   call 2:  bash scripts/flagship_gpu.sh fetch 1   # $OUT gets part 1 of the weights
 #   call 3:  bash scripts/flagship_gpu.sh fetch 2   # and part 2
 # Here:      python scripts/flagship_collect.py DIR1 DIR2 DIR3   # the calls' files_at folders
+# One submission holds at most two replaced weight files (scripts/submission_size.py: about 100 MiB
+# each): a session lands the standard and LGA folders (with zoo.json and README); the control and
+# Hessian come in a later session (from this script again, or scripts/flagship_cpu.sh).
 # The four published ResNet-18 weights (4 x 45 MB, tracked) must stay behind: the tree that travels may
 # hold 64 MiB in all. The run does not need them (the standard model starts from scratch). Should the
 # GPU run fail, put them back with `git checkout model_cards`.
