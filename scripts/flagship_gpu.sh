@@ -1,8 +1,9 @@
 #!/bin/bash
-# The whole resnet18_cifar10 family on one GPU (the device tool's H200, 15 minutes a session): the
-# standard model from scratch (recipes/gpu/), the control, LGA and Hessian fine-tunes from it, their
-# 500-image evaluations (IG on 200), all published into a private copy of this checkout, then packed
-# into files small enough for the trip back (16 MiB each, 4 chunks of weights per call).
+# The resnet18_cifar10 family on one GPU (the device tool's H200, 15 minutes a session), two models a
+# session (MODELS, below): the standard model from scratch (recipes/gpu/), the control, LGA and Hessian
+# fine-tunes from it, their 500-image evaluations (IG on 200), all published into a private copy of
+# this checkout, then packed into files small enough for the trip back (16 MiB each, 4 chunks of
+# weights per call).
 #
 # Here, once:  mkdir -p .data && cp ../shared/data/cifar10-jpeg.tar.gz .data/
 #              pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -11,17 +12,24 @@
 # On the device (from the checkout root; carry .data and .whl):
 #   call 1:  bash scripts/flagship_gpu.sh run       # trains, evaluates, packs; $OUT gets part 0
 #            (stopped by its time limit? call it again at once: every step resumes or is skipped)
-#   call 2:  bash scripts/flagship_gpu.sh fetch 1   # $OUT gets part 1 of the weights
-#   call 3:  bash scripts/flagship_gpu.sh fetch 2   # and part 2
-# Here:      python scripts/flagship_collect.py DIR1 DIR2 DIR3   # the calls' files_at folders
+#   call 2:  bash scripts/flagship_gpu.sh fetch 1   # $OUT gets part 1 of the weights (two models: 6
+#                                                   # chunks, parts 0 and 1; more models need 'fetch 2')
+# Here:      python scripts/flagship_collect.py DIR1 DIR2   # the calls' files_at folders
+#            then put the removed weights back (`git checkout model_cards`; also when the run fails), and,
+#            once the standard comes from here, retire the CPU's staged standard recipe (recipes/stages/,
+#            the chain test in tests/test_train.py), redraw examples/compare_targeted.png and update the
+#            figures quoted in README.md's prose.
+# The published ResNet-18 weights (45 MB each, tracked) stay behind: the tree that travels may hold
+# 64 MiB in all, and a run that trains the standard from scratch does not need them.
 # One submission holds at most two replaced weight files (scripts/submission_size.py: about 100 MiB
-# each): a session lands the standard and LGA folders (with zoo.json and README); the control and
-# Hessian come in a later session (from this script again, or scripts/flagship_cpu.sh).
-# The four published ResNet-18 weights (4 x 45 MB, tracked) must stay behind: the tree that travels may
-# hold 64 MiB in all. The run does not need them (the standard model starts from scratch). Should the
-# GPU run fail, put them back with `git checkout model_cards`.
-# then retire the CPU's two-stage standard recipe (recipes/stages/, the chain test in tests/test_train.py),
-# redraw examples/compare_targeted.png and update the figures quoted in README.md's prose.
+# each), so MODELS, the models a run trains, evaluates and sends back, defaults to two:
+#   session A: MODELS="resnet18_cifar10_standard resnet18_cifar10_lga" (the default)
+#   session B: MODELS="resnet18_cifar10_control resnet18_cifar10_hessian", fine-tuned from the standard
+#              that session A pinned. Its weights must travel then: remove every other model.safetensors
+#              (the w16 ones too) but resnet18_cifar10_standard's; with .data and .whl that is about
+#              63.5 MiB of the 64.
+# The cards of the family's other models come back too (text only), so their comparison sections and
+# the stars of fine-tunes made from earlier weights follow the new standard.
 #
 # Everything lives in WORK (default .gpu/, ignored, kept on a warm machine between calls): tree/ (the
 # checkout copy that is trained and published into, made on the first call), runs/ (checkpoints and
@@ -47,7 +55,8 @@ CHUNK_BYTES=${CHUNK_BYTES:-16000000}
 CHUNKS_PER_PART=4
 PY=${PY:-python3}
 [[ $PY == */* ]] && PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # the steps run from WORK/tree
-MODELS=(resnet18_cifar10_standard resnet18_cifar10_control resnet18_cifar10_lga resnet18_cifar10_hessian)
+read -r -a MODELS <<< "${MODELS:-resnet18_cifar10_standard resnet18_cifar10_lga}"
+FAMILY=(resnet18_cifar10_standard resnet18_cifar10_control resnet18_cifar10_lga resnet18_cifar10_hessian)
 TREE=$WORK/tree RUNS=$WORK/runs PACK=$WORK/pack
 mkdir -p "$OUT_DIR" "$RUNS"
 
@@ -67,8 +76,10 @@ make_tree() {  # the private checkout copy, its recipes replaced by RECIPE_DIR's
   mkdir -p "$TREE.partial"
   tar -C "$ROOT" --exclude=./.gpu --exclude=./.data --exclude=./.whl --exclude=./.venv --exclude=./.git \
     --exclude=./runs -cf - . | tar -C "$TREE.partial" -xf -
-  cp "$RECIPE_DIR"/resnet18_cifar10_*.yaml "$TREE.partial/recipes/"
-  rm -f "$TREE.partial"/model_cards/resnet18_cifar10_*/train_log_stage*.jsonl  # the CPU's two-stage run
+  for name in "${MODELS[@]}"; do cp "$RECIPE_DIR/$name.yaml" "$TREE.partial/recipes/"; done
+  if [[ " ${MODELS[*]} " == *" resnet18_cifar10_standard "* ]]; then
+    rm -f "$TREE.partial"/model_cards/resnet18_cifar10_standard/train_log_stage*.jsonl  # the CPU's staged run
+  fi
   mv "$TREE.partial" "$TREE"
   log "tree made from $(basename "$RECIPE_DIR")"
 }
@@ -108,7 +119,8 @@ json.dump({"models": models}, open(out, "w"), indent=1)
 EOF
   cat "${files[@]}" | split -b "$CHUNK_BYTES" -d -a 2 - "$PACK.partial/weights."
   local published=(lga_zoo/zoo.json README.md)
-  for name in "${MODELS[@]}"; do published+=("recipes/$name.yaml" "model_cards/$name"); done
+  for name in "${MODELS[@]}"; do published+=("recipes/$name.yaml"); done
+  for name in "${FAMILY[@]}"; do published+=("model_cards/$name"); done
   tar -C "$TREE" --exclude=model.safetensors -czf "$PACK.partial/publish.tar.gz" "${published[@]}"
   rm -rf "$PACK" && mv "$PACK.partial" "$PACK"
   log "packed $(ls "$PACK" | tr '\n' ' ')"

@@ -225,7 +225,14 @@ def test_the_comparison_names_how_many_images_each_model_was_measured_on():
     row = next(line for line in card.splitlines() if line.startswith("| **resnet18_cifar10_standard**"))
     results = json.loads((REPO / "model_cards" / "resnet18_cifar10_standard" / "results.json").read_text())
     assert row.split(" | ")[3] == _images_measured(results)
-    assert row.split(" | ")[2] == "8 epochs over 50,000 images (3,120 steps of batch 128)"  # config.json
+    config = json.loads((REPO / "model_cards" / "resnet18_cifar10_standard" / "config.json").read_text())
+    epochs, images = config["lga_zoo"]["training"]["epochs"], config["lga_zoo"]["data"]["train_images"]
+    batch = config["lga_zoo"]["recipe"]["batch_size"]
+    unit = "epoch" if epochs == 1 else "epochs"
+    expected = (
+        f"{epochs} {unit} over {images:,} images ({epochs * (images // batch):,} steps of batch {batch})"
+    )
+    assert row.split(" | ")[2] == expected  # e.g. 8 epochs over 50,000 images (3,120 steps of batch 128)
     board_row = next(
         line for line in leaderboard_markdown().splitlines() if "| resnet18_cifar10_standard |" in line
     )
@@ -248,6 +255,10 @@ def test_the_comparison_stars_fine_tunes_of_earlier_standard_weights(private_zoo
     start = json.loads((tmp_path / "model_cards" / fine_tunes[1] / "config.json").read_text())["lga_zoo"][
         "init"
     ]
+    control_path = tmp_path / "model_cards" / fine_tunes[0] / "config.json"
+    control = json.loads(control_path.read_text())
+    control["lga_zoo"]["init"] = start  # both fine-tunes from the same weights, whatever the checkout holds
+    control_path.write_text(json.dumps(control))
 
     def card_with_standard_pinned_at(sha256: str) -> str:
         entries = registry.all_entries()
