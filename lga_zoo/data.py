@@ -266,19 +266,16 @@ def augment_cifar(images: Tensor, generator: torch.Generator | None = None, padd
     return padded[batch_index, channel_index, rows, cols]
 
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel mean of the training pixels in [0, 1]
-
-
 def cutout(
     images: Tensor,
     size: int,
+    fill: tuple[float, ...],
     generator: torch.Generator | None = None,
-    fill: tuple[float, ...] = CIFAR10_MEAN,
 ) -> Tensor:
     """Cutout (DeVries & Taylor, 2017) of a float batch (B, C, H, W): a new batch where, for each
     image, a ``size`` x ``size`` square centred on a uniformly drawn pixel (clipped at the border, so
-    it may be smaller) holds the per-channel ``fill`` (the data mean: the zero of the normalized input,
-    as in the paper). ``images`` is not written to."""
+    it may be smaller) holds the per-channel ``fill``. Pass the model's normalization mean, the zero
+    of its normalized input, as the paper does. ``images`` is not written to."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ValueError(f"cutout size={size!r} must be a non-negative integer number of pixels")
     b, c, h, w = images.shape
@@ -302,8 +299,9 @@ class TensorBatches:
     """Batches of (pixels in [0, 1] as float (B, C, H, W), labels) from an :class:`ImageArrays`.
 
     ``shuffle`` reorders each epoch from ``seed + epoch``; ``augment`` applies :func:`augment_cifar`,
-    then, when ``cutout`` > 0, :func:`cutout` with squares of that side. Cutout draws from a generator
-    of its own, so the crops and flips are the same with or without it.
+    then, when ``cutout`` > 0, :func:`cutout` with squares of that side filled with ``cutout_fill``
+    (the model's mean). Cutout draws from a generator of its own, so the crops and flips are the same
+    with or without it.
     Under DDP pass ``rank``/``world_size``: each process takes every ``world_size``-th index of the
     shared order (the tail is dropped so every rank gets the same number of batches).
     """
@@ -319,7 +317,10 @@ class TensorBatches:
         world_size: int = 1,
         drop_last: bool = False,
         cutout: int = 0,
+        cutout_fill: tuple[float, ...] | None = None,
     ):
+        if cutout and not (augment and cutout_fill):
+            raise ValueError(f"cutout={cutout} needs augment=True and a cutout_fill (the model's mean)")
         self.images = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
         self.labels = torch.from_numpy(data.labels)
         self.batch_size = batch_size
@@ -330,6 +331,7 @@ class TensorBatches:
         self.world_size = world_size
         self.drop_last = drop_last
         self.cutout = cutout
+        self.cutout_fill = tuple(cutout_fill) if cutout_fill else None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -370,5 +372,5 @@ class TensorBatches:
             if self.augment:
                 x = augment_cifar(x, aug_gen)
                 if self.cutout:
-                    x = cutout(x, self.cutout, cutout_gen)
+                    x = cutout(x, self.cutout, self.cutout_fill, cutout_gen)
             yield x, self.labels[idx]

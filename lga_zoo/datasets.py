@@ -282,6 +282,7 @@ def _cifar10(recipe, data_dir, backbone_cfg, rank: int, world_size: int) -> Trai
         augment=True,
         drop_last=True,
         cutout=recipe.cutout,
+        cutout_fill=tuple(backbone_cfg.get("mean", ())) if recipe.cutout else None,
         **common,
     )
     test = TensorBatches(test_data, 500, rank=rank, world_size=world_size)

@@ -3,9 +3,9 @@
     python scripts/flagship_collect.py DIR [DIR ...]     # the device calls' files_at folders
 
 The folders hold, between them, ``manifest.json`` (each model's name, size and sha256, in the order
-the weights were concatenated), ``publish.tar.gz`` (the published files of the four models but their
-weights: model_cards/NAME/, recipes/NAME.yaml, lga_zoo/zoo.json, README.md) and the weight chunks
-``weights.00``, ``weights.01``, ... Nothing is written unless every chunk is there, every model's
+the weights were concatenated), ``publish.tar.gz`` (the published files but weights: the family's
+model_cards/NAME/, recipes/NAME.yaml of the models sent back, lga_zoo/zoo.json, README.md) and the
+weight chunks ``weights.00``, ``weights.01``, ... Nothing is written unless every chunk is there, every model's
 bytes hash to the manifest's sha256 and the tarball's zoo.json pins that same sha256 and size. Each
 model's ``model_cards/NAME/`` is then replaced as a whole (files the GPU run did not write, like an
 older run's logs, go), and the other published files are overwritten.

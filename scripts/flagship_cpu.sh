@@ -5,7 +5,7 @@
 # (scripts/flagship_state.py: weights trained from today's recipe, results of the pinned weights on
 # enough images), so on any machine just start it again; training steps resume their checkpoints.
 #
-#   nohup scripts/flagship_cpu.sh > ~/lga-runs/queue/flagship.out 2>&1 &     # from the checkout root
+#   SESSION_BASE=<first HEAD> nohup scripts/flagship_cpu.sh > ~/lga-runs/queue/flagship.out 2>&1 &  # checkout root
 #   tail -f ~/lga-runs/queue/queue.log ~/lga-runs/resnet18_cifar10_hessian/run/progress.log
 #
 # RUNS (default ~/lga-runs) holds the runs, outside the work tree; DATA (default ../shared/data) the
@@ -15,15 +15,15 @@
 # in fp32 elsewhere (lga_zoo/precision.py).
 #
 # One submission holds at most two replaced weight files (scripts/submission_size.py): before each
-# training step the queue checks that this session's commits since SESSION_BASE (default: HEAD when
-# the queue starts), and what is published but not committed, leave room for one more, and stops
-# with a note otherwise. Commit and land, then start it again in the next session.
+# training step the queue checks that this session's commits since SESSION_BASE (required: the commit
+# the session started from, its first HEAD), and what is published but not committed, leave room for
+# one more, and stops with a note otherwise. Commit and land, then start it again in the next session.
 set -u
 command -v lga-zoo > /dev/null || { echo "lga-zoo is not on PATH: activate the environment it is installed in first" >&2; exit 2; }
 RUNS=${RUNS:-$HOME/lga-runs}
 DATA=${DATA:-../shared/data}
 Q=$RUNS/queue
-SESSION_BASE=${SESSION_BASE:-$(git rev-parse HEAD)}
+SESSION_BASE=${SESSION_BASE:?set SESSION_BASE to the commit this session started from (its first HEAD)}
 mkdir -p "$Q"
 log() { echo "$(date '+%F %T') $*" >> "$Q/queue.log"; }
 step() {  # step NAME COMMAND...: run it, logged; stop the queue on a failure
@@ -33,10 +33,12 @@ step() {  # step NAME COMMAND...: run it, logged; stop the queue on a failure
 }
 train() {  # train NAME: recipes/NAME.yaml into $RUNS/NAME/run (resumed when it holds a checkpoint), then publish
   python scripts/flagship_state.py trained "$1" && return 0
-  if ! python scripts/submission_size.py "$SESSION_BASE" --room 110; then
-    log "stop before training $1: no room for its weights in this session's submission; land first"
-    exit 0
-  fi
+  python scripts/submission_size.py "$SESSION_BASE" --room 110
+  case $? in
+    0) ;;
+    1) log "stop before training $1: no room for its weights in this session's submission; land first"; exit 0 ;;
+    *) log "FAILED the size check before training $1 (SESSION_BASE=$SESSION_BASE)"; exit 1 ;;
+  esac
   local out=$RUNS/$1/run resume=""
   [ -f "$out/checkpoint.pt" ] && resume=--resume
   lga-zoo train "recipes/$1.yaml" --data-dir "$DATA" --out "$out" $resume --no-progress --checkpoint-minutes 10 \

@@ -14,11 +14,11 @@
 #            (stopped by its time limit? call it again at once: every step resumes or is skipped)
 #   call 2:  bash scripts/flagship_gpu.sh fetch 1   # $OUT gets part 1 of the weights (two models: 6
 #                                                   # chunks, parts 0 and 1; more models need 'fetch 2')
-# Here:      python scripts/flagship_collect.py DIR1 DIR2   # the calls' files_at folders
-#            then put the removed weights back (`git checkout model_cards`; also when the run fails), and,
-#            once the standard comes from here, retire the CPU's staged standard recipe (recipes/stages/,
-#            the chain test in tests/test_train.py), redraw examples/compare_targeted.png and update the
-#            figures quoted in README.md's prose.
+# Here:      git checkout model_cards    # first: the weights removed for the trip (also if the run fails)
+#            python scripts/flagship_collect.py DIR1 DIR2   # the calls' files_at folders
+#            then, once the standard comes from here, retire the CPU's staged standard recipe
+#            (recipes/stages/: tests/test_train.py flags them), redraw examples/compare_targeted.png and
+#            update the figures quoted in README.md's prose.
 # The published ResNet-18 weights (45 MB each, tracked) stay behind: the tree that travels may hold
 # 64 MiB in all, and a run that trains the standard from scratch does not need them.
 # One submission holds at most two replaced weight files (scripts/submission_size.py: about 100 MiB
@@ -39,7 +39,7 @@
 # max_train_images 256 in /tmp/smoke; 24 min on 2 cores shared with a training run, most of it the 10k-image test passes):
 #   DEVICE=cpu RECIPE_DIR=/tmp/smoke WORK=/tmp/gpu_smoke DATA=../shared/data N_IMAGES=4 N_SLOW=2 EVAL_BATCH=4 \
 #     EVAL_EXTRA="--attack-steps 3 --n-accuracy 200 --random-draws 2" PY=.venv/bin/python bash scripts/flagship_gpu.sh run
-#   then 'fetch 1' and 'fetch 2' with OUT=/tmp/gpu_smoke/out1 and out2, and flagship_collect.py --repo A_CLONE.
+#   then 'fetch 1' with OUT=/tmp/gpu_smoke/out1, and flagship_collect.py --repo A_CLONE.
 set -euo pipefail
 ROOT=$(pwd)
 WORK=$(realpath -m "${WORK:-$ROOT/.gpu}")
@@ -57,6 +57,17 @@ PY=${PY:-python3}
 [[ $PY == */* ]] && PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # the steps run from WORK/tree
 read -r -a MODELS <<< "${MODELS:-resnet18_cifar10_standard resnet18_cifar10_lga}"
 FAMILY=(resnet18_cifar10_standard resnet18_cifar10_control resnet18_cifar10_lga resnet18_cifar10_hessian)
+check_models() {  # MODELS: one to four names of FAMILY, the standard first when it is there
+  local name
+  [ "${#MODELS[@]}" -gt 0 ] || { echo "MODELS is empty; choose from: ${FAMILY[*]}" >&2; exit 2; }
+  for name in "${MODELS[@]}"; do
+    [[ " ${FAMILY[*]} " == *" $name "* ]] || { echo "MODELS: $name is not one of ${FAMILY[*]}" >&2; exit 2; }
+  done
+  if [[ " ${MODELS[*]} " == *" resnet18_cifar10_standard "* && ${MODELS[0]} != resnet18_cifar10_standard ]]; then
+    echo "MODELS: resnet18_cifar10_standard must come first (the fine-tunes start from it)" >&2; exit 2
+  fi
+}
+check_models
 TREE=$WORK/tree RUNS=$WORK/runs PACK=$WORK/pack
 mkdir -p "$OUT_DIR" "$RUNS"
 
@@ -72,7 +83,10 @@ install_wheels() {  # wheels carried in .whl (captum is not in the device's imag
 }
 
 make_tree() {  # the private checkout copy, its recipes replaced by RECIPE_DIR's
-  [ -d "$TREE" ] && return 0
+  if [ -d "$TREE" ]; then  # a later call of the same session: the same models
+    [ "$(cat "$WORK/models")" = "${MODELS[*]}" ] && return 0
+    echo "this WORK was made for MODELS=\"$(cat "$WORK/models")\", not \"${MODELS[*]}\"" >&2; exit 2
+  fi
   mkdir -p "$TREE.partial"
   tar -C "$ROOT" --exclude=./.gpu --exclude=./.data --exclude=./.whl --exclude=./.venv --exclude=./.git \
     --exclude=./runs -cf - . | tar -C "$TREE.partial" -xf -
@@ -80,6 +94,7 @@ make_tree() {  # the private checkout copy, its recipes replaced by RECIPE_DIR's
   if [[ " ${MODELS[*]} " == *" resnet18_cifar10_standard "* ]]; then
     rm -f "$TREE.partial"/model_cards/resnet18_cifar10_standard/train_log_stage*.jsonl  # the CPU's staged run
   fi
+  echo "${MODELS[*]}" > "$WORK/models"
   mv "$TREE.partial" "$TREE"
   log "tree made from $(basename "$RECIPE_DIR")"
 }

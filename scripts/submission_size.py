@@ -7,10 +7,11 @@ A submission may add up to 256 MiB of diffs, counted as text over all of its com
 in one commit and changed or removed in a later one counts each time, and a replaced binary file
 counts its old and its new bytes. One ResNet-18 ``model.safetensors`` is 44.7 MB, so replacing one
 costs about 100 MiB here and a session can land two, not three (a session that replaced three lost
-all its work). This script measures each commit in ``BASE..HEAD``, and the uncommitted changes, as
-the length of ``git diff --binary`` (binary files as base85 of their deflated bytes, both ways), a
-conservative stand-in for the workplace's own count, and prints a table. Exit 1 when the total is
-over ``--budget`` MiB or less than ``--room`` MiB is left; exit 2 on a bad BASE. The default budget,
+all its work). This script measures each commit in ``BASE..HEAD`` (along first parents), and the
+uncommitted changes (all that ``git add -A`` would stage), as the length of ``git diff --binary
+--no-renames`` (binary files as base85 of their deflated bytes, both ways), a conservative
+stand-in for the workplace's own count, and prints a table. Exit 1 when the total is over
+``--budget`` MiB or less than ``--room`` MiB is left; exit 2 on a bad BASE. The default budget,
 240 MiB, lets two replaced weight files through (205 MiB by this count: they landed together in
 commit acc46e1) and stops a third (308 MiB).
 """
@@ -18,37 +19,48 @@ commit acc46e1) and stops a third (308 MiB).
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
 
 
-def git(*args: str, repo: Path = REPO) -> bytes:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True).stdout
+def git(*args: str, repo: Path = REPO, env: dict[str, str] | None = None) -> bytes:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, env=env).stdout
 
 
-def diff_bytes(*revisions: str, repo: Path = REPO) -> int:
-    """Length of ``git diff --binary REVISIONS`` (tracked files only)."""
-    return len(git("diff", "--binary", "--no-color", "--no-ext-diff", *revisions, repo=repo))
+DIFF = ("diff", "--binary", "--no-renames", "--no-color", "--no-ext-diff")  # a moved file counts too
 
 
-def untracked_bytes(repo: Path = REPO) -> int:
-    """Bytes of the files git would add that it does not track yet (ignored files left out)."""
-    names = git("ls-files", "--others", "--exclude-standard", "-z", repo=repo).split(b"\0")
-    return sum((repo / name.decode()).stat().st_size for name in names if name)
+def commit_bytes(commit: str, repo: Path = REPO) -> int:
+    """Length of the binary diff of ``commit`` against its first parent."""
+    return len(git(*DIFF, f"{commit}^", commit, repo=repo))
+
+
+def uncommitted_bytes(repo: Path = REPO) -> int:
+    """Length of the binary diff of everything ``git add -A`` would stage (new files included,
+    ignored ones left out), against HEAD. It stages into an index of its own, read from HEAD, so
+    the real index is left alone and every file is hashed anew (no stat cache to trust)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        git("read-tree", "HEAD", repo=repo, env=env)
+        git("add", "-A", repo=repo, env=env)
+        return len(git(*DIFF, "--cached", "HEAD", repo=repo, env=env))
 
 
 def submission_rows(base: str, repo: Path = REPO) -> list[tuple[str, int]]:
-    """(label, bytes) of each commit in ``base..HEAD``, oldest first, then of the uncommitted work."""
+    """(label, bytes) of each commit in ``base..HEAD`` along the first parents (a merge counts what
+    it brings in), oldest first, then of the uncommitted work."""
     commits = git("rev-list", "--reverse", "--first-parent", f"{base}..HEAD", repo=repo).decode().split()
     rows = []
     for commit in commits:
         subject = git("log", "-1", "--format=%h %s", commit, repo=repo).decode().strip()
-        rows.append((subject[:70], diff_bytes(f"{commit}^", commit, repo=repo)))
-    rows.append(("(uncommitted)", diff_bytes("HEAD", repo=repo) + untracked_bytes(repo)))
+        rows.append((subject[:70], commit_bytes(commit, repo)))
+    rows.append(("(uncommitted)", uncommitted_bytes(repo)))
     return rows
 
 
@@ -61,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         git("rev-parse", "--verify", f"{args.base}^{{commit}}", repo=args.repo)
+        git("merge-base", "--is-ancestor", args.base, "HEAD", repo=args.repo)
     except subprocess.CalledProcessError:
-        print(f"BASE {args.base!r} is not a commit of {args.repo}", file=sys.stderr)
+        print(f"BASE {args.base!r} is not a commit of {args.repo} that HEAD descends from", file=sys.stderr)
         return 2
     rows = submission_rows(args.base, args.repo)
     total = sum(size for _, size in rows)

@@ -228,10 +228,9 @@ def test_the_comparison_names_how_many_images_each_model_was_measured_on():
     config = json.loads((REPO / "model_cards" / "resnet18_cifar10_standard" / "config.json").read_text())
     epochs, images = config["lga_zoo"]["training"]["epochs"], config["lga_zoo"]["data"]["train_images"]
     batch = config["lga_zoo"]["recipe"]["batch_size"]
+    steps = epochs * (images // config["lga_zoo"]["training"].get("world_size", 1) // batch)
     unit = "epoch" if epochs == 1 else "epochs"
-    expected = (
-        f"{epochs} {unit} over {images:,} images ({epochs * (images // batch):,} steps of batch {batch})"
-    )
+    expected = f"{epochs} {unit} over {images:,} images ({steps:,} steps of batch {batch})"
     assert row.split(" | ")[2] == expected  # e.g. 8 epochs over 50,000 images (3,120 steps of batch 128)
     board_row = next(
         line for line in leaderboard_markdown().splitlines() if "| resnet18_cifar10_standard |" in line

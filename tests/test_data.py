@@ -102,7 +102,7 @@ def test_cutout_matches_a_pixel_loop_and_leaves_the_input_alone(size):
     images = torch.rand(40, 3, 8, 8)
     before = images.clone()
     fill = (0.1, 0.2, 0.3)
-    out = cutout(images, size, torch.Generator().manual_seed(size), fill=fill)
+    out = cutout(images, size, fill, torch.Generator().manual_seed(size))
     # The same draws as cutout's: the centre rows of every image, then their columns.
     gen = torch.Generator().manual_seed(size)
     cy, cx = torch.randint(0, 8, (40,), generator=gen), torch.randint(0, 8, (40,), generator=gen)
@@ -111,28 +111,32 @@ def test_cutout_matches_a_pixel_loop_and_leaves_the_input_alone(size):
     assert torch.equal(images, before)
     filled = (out != images).any(dim=1).sum(dim=(1, 2))  # pixels changed per image
     assert filled.min() >= 1 and filled.max() <= size * size  # the centre is always inside the image
-    assert torch.equal(cutout(images, 0), images)
+    assert torch.equal(cutout(images, 0, fill), images)
 
 
 def test_cutout_refuses_bad_sizes():
     with pytest.raises(ValueError, match="size=-1 must be a non-negative integer"):
-        cutout(torch.rand(2, 3, 8, 8), -1)
+        cutout(torch.rand(2, 3, 8, 8), -1, (0.5,) * 3)
     with pytest.raises(ValueError, match="3 values for 1 channels"):
-        cutout(torch.rand(2, 1, 8, 8), 2)
+        cutout(torch.rand(2, 1, 8, 8), 2, (0.5,) * 3)
 
 
 def test_tensor_batches_cutout_keeps_the_crops_and_flips(tiny_cifar):
     """Cutout draws from a generator of its own: the batches with it are those without it, but for
-    one square per image filled with the data mean."""
+    one square per image filled with the given mean."""
     data = load_cifar10(tiny_cifar, "train")
+    mean = (0.4914, 0.4822, 0.4465)  # no pixel k/255 equals these: every square changes its pixels
     plain = TensorBatches(data, 16, shuffle=True, augment=True, seed=2)
-    cut = TensorBatches(data, 16, shuffle=True, augment=True, seed=2, cutout=3)
+    cut = TensorBatches(data, 16, shuffle=True, augment=True, seed=2, cutout=3, cutout_fill=mean)
     for (x, y), (xc, yc) in zip(plain, cut):
         assert torch.equal(y, yc)
         changed = x != xc
-        assert changed.any(dim=1).sum(dim=(1, 2)).max() <= 9
-        mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1).expand_as(xc)
-        assert torch.equal(xc[changed], mean[changed])
+        per_image = changed.any(dim=1).sum(dim=(1, 2))
+        assert per_image.min() >= 1 and per_image.max() <= 9
+        fill = torch.tensor(mean).view(1, 3, 1, 1).expand_as(xc)
+        assert torch.equal(xc[changed], fill[changed])
+    with pytest.raises(ValueError, match="cutout=3 needs augment=True and a cutout_fill"):
+        TensorBatches(data, 16, augment=False, cutout=3, cutout_fill=mean)
 
 
 def test_tensor_batches_shard_without_overlap(tiny_cifar):
@@ -204,8 +208,11 @@ def test_temporaries_of_killed_processes_are_removed(tmp_path):
 
 def test_a_cutout_recipe_reaches_the_training_batches(tiny_cifar):
     from lga_zoo.datasets import prepare_data
+    from lga_zoo.models import create_backbone
     from lga_zoo.recipe import recipe_from_dict
 
     recipe = recipe_from_dict({"name": "r", "architecture": "resnet18_w16_cifar", "cutout": 5})
-    data = prepare_data(recipe, tiny_cifar, {"input_size": (3, 32, 32)})
+    backbone = create_backbone("resnet18_w16_cifar", 10)
+    data = prepare_data(recipe, tiny_cifar, backbone.pretrained_cfg)
     assert data.train.cutout == 5 and data.train.augment and data.test.cutout == 0
+    assert data.train.cutout_fill == (0.4914, 0.4822, 0.4465)  # resnet18_w16_cifar's normalization mean

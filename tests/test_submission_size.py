@@ -38,8 +38,13 @@ def test_replaced_weights_count_both_ways_and_the_budget_stops_a_third(tmp_path,
     rows = size.submission_rows(base, tmp_path)
     assert [label.split(" ", 1)[1] for label, _ in rows[:-1]] == ["replace the weights"]
     replaced = rows[0][1]
-    assert 2 * 1.2 * MIB < replaced < 2 * 1.3 * MIB  # old and new bytes, base85 (5/4) of each
-    assert rows[-1] == ("(uncommitted)", 1000)
+    assert 2 * 1.2 * MIB < replaced < 2 * 1.35 * MIB  # old and new bytes, base85 lines (67/52) of each
+    assert 1000 < rows[-1][1] < 1300 and rows[-1][0] == "(uncommitted)"  # the new text file's diff
+    assert _git(tmp_path, "status", "--porcelain") == b"?? notes.txt\n"  # the real index left alone
+
+    _git(tmp_path, "mv", "model.safetensors", "moved.safetensors")  # a move counts as remove + add
+    assert size.submission_rows(base, tmp_path)[-1][1] > 2 * 1.2 * MIB
+    _git(tmp_path, "mv", "moved.safetensors", "model.safetensors")
 
     assert size.main([base, "--repo", str(tmp_path), "--budget", "5", "--room", "2.4"]) == 0
     assert size.main([base, "--repo", str(tmp_path), "--budget", "5", "--room", "2.6"]) == 1
@@ -47,3 +52,6 @@ def test_replaced_weights_count_both_ways_and_the_budget_stops_a_third(tmp_path,
     weights.write_bytes(os.urandom(MIB))  # a second replacement, not committed yet, counts too
     assert size.main([base, "--repo", str(tmp_path), "--budget", "5", "--room", "2.4"]) == 1
     assert size.main(["no-such-commit", "--repo", str(tmp_path)]) == 2
+    _git(tmp_path, "checkout", "-q", "--orphan", "elsewhere")
+    _git(tmp_path, "commit", "-qm", "unrelated")
+    assert size.main([base, "--repo", str(tmp_path)]) == 2  # HEAD does not descend from BASE

@@ -386,17 +386,24 @@ def test_the_fine_tunes_differ_only_in_their_regularizer():
     session that lands the standard and LGA models only) is left out of the comparison."""
     from lga_zoo.registry import get_entry
 
+    def differ_only_in_regularizer(recipes: dict[str, dict]) -> None:
+        first, *others = recipes
+        for kind in others:
+            differ = {key for key in recipes[first] if recipes[first][key] != recipes[kind][key]}
+            assert differ == {"name", "regularizer"}, (first, kind)
+
     kinds = ("lga", "hessian", "control")
-    recipes = {
-        kind: load_recipe(REPO / "recipes" / f"resnet18_cifar10_{kind}.yaml").to_dict() for kind in kinds
-    }
-    assert [recipes[kind]["regularizer"]["name"] for kind in kinds] == ["lga", "hessian", "none"]
+    for folder in ("recipes", "recipes/gpu"):  # the queues' recipes
+        recipes = {
+            kind: load_recipe(REPO / folder / f"resnet18_cifar10_{kind}.yaml").to_dict() for kind in kinds
+        }
+        assert [recipes[kind]["regularizer"]["name"] for kind in kinds] == ["lga", "hessian", "none"]
+        if folder == "recipes/gpu":
+            differ_only_in_regularizer(recipes)
     standard = get_entry("resnet18_cifar10_standard").sha256
-    current = []
+    published = {}  # the recipes the current fine-tunes were trained with
     for kind in kinds:
         config = json.loads((REPO / "model_cards" / f"resnet18_cifar10_{kind}" / "config.json").read_text())
         if config["lga_zoo"]["init"]["sha256"] == standard:
-            current.append(kind)
-    for kind in current[1:]:
-        differ = {key for key in recipes[current[0]] if recipes[current[0]][key] != recipes[kind][key]}
-        assert differ == {"name", "regularizer"}, (current[0], kind)
+            published[kind] = recipe_from_dict(config["lga_zoo"]["recipe"]).to_dict()
+    differ_only_in_regularizer(published)
