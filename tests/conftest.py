@@ -11,6 +11,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
+def load_file_module(relative_path: str):
+    """A Python file of the checkout that is not part of the package (``scripts/*.py``,
+    ``hubconf.py``), imported as a module."""
+    import importlib.util
+
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     """Each test session decodes data into its own cache, never the user's."""

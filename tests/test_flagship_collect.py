@@ -4,7 +4,6 @@ verified, and replace each model's folder as a whole."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -12,11 +11,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import load_file_module
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("flagship_collect", REPO / "scripts" / "flagship_collect.py")
-collect_module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(collect_module)
+collect_module = load_file_module("scripts/flagship_collect.py")
 CollectError = collect_module.CollectError
 
 NAMES = ("resnet18_cifar10_standard", "resnet18_cifar10_lga")

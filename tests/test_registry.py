@@ -137,11 +137,9 @@ def test_published_files_hold_no_machine_paths():
 
 
 def test_hubconf_refuses_unknown_keywords():
-    import importlib.util
+    from conftest import load_file_module
 
-    spec = importlib.util.spec_from_file_location("hubconf", REPO / "hubconf.py")
-    hubconf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hubconf)
+    hubconf = load_file_module("hubconf.py")
     with pytest.raises(TypeError, match="unexpected keyword arguments \\['devcie'\\]"):
         hubconf.resnet18_w16_cifar10_lga(devcie="cpu")
     with pytest.raises(TypeError, match="accepted: \\['device'\\]"):

@@ -1,20 +1,14 @@
 """scripts/submission_size.py: a replaced binary counts its old and new bytes, each commit since the
 base and the uncommitted work are counted, and the exit code says whether more still fits."""
 
-import importlib.util
 import os
 import subprocess
 from pathlib import Path
 
+from conftest import load_file_module
+
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("submission_size", REPO / "scripts" / "submission_size.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _git(repo, *args):
@@ -24,7 +18,7 @@ def _git(repo, *args):
 
 
 def test_replaced_weights_count_both_ways_and_the_budget_stops_a_third(tmp_path, capsys):
-    size = _module()
+    size = load_file_module("scripts/submission_size.py")
     _git(tmp_path, "init", "-q")
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(os.urandom(MIB))  # random bytes do not deflate: like float weights
