@@ -1,8 +1,8 @@
 """Images per second of each part of an evaluation, and the projected time of a whole one.
 
     python benchmarks/evaluate.py [--arch resnet18_w16_cifar] [--activation relu|softplus]
-        [--softplus-beta 3] [--attack-amp none|bf16] [--fused-softplus] [--batch 50] [--images 50]
-        [--steps 100] [--n-robustness 500] [--n-slow 200]
+        [--softplus-beta 3] [--attack-amp none|bf16] [--fused-softplus] [--fold-batchnorm] [--batch 50]
+        [--images 50] [--steps 100] [--n-robustness 500] [--n-slow 200]
 
 Prints a Markdown table (CPU; CUDA too when present): each perturbation of ``lga-zoo evaluate``
 with grad maps (random noise, the targeted and the top-k attacks, PGD), the integrated-gradients
@@ -10,13 +10,16 @@ maps the slow images add (a clean map, the random draws and two attacked inputs 
 and the projected minutes of an evaluation of ``--n-robustness`` images with IG on ``--n-slow`` (the
 10,000-image accuracy pass not included). The attacks run as in the evaluation with ``--attack-map
 grad`` (the flagship's): under bf16 autocast with ``--attack-amp bf16``, the model's ReLUs swapped
-for Softplus(20). ``--fused-softplus`` times
-every row twice, with PyTorch's Softplus and with :class:`lga_zoo.fused_softplus.FusedSoftplus`
-(what ``lga_zoo.evaluate.evaluate`` uses on the CPU). Random weights and random pixels: the speed of
-an attack does not depend on what the weights are. For the flagship:
+for Softplus(20). ``--fused-softplus`` adds a column with :class:`lga_zoo.fused_softplus.FusedSoftplus`
+and ``--fold-batchnorm`` one with the BatchNorms folded into their convolutions
+(:mod:`lga_zoo.batchnorm_folding`; on top of the fused Softplus when both are given): the two are what
+``lga_zoo.evaluate.evaluate`` does by default. The first column is PyTorch's Softplus, unfolded.
+Random weights and random pixels: the speed of an attack step does not depend on what the weights
+are (a real model's top-k attack may stop early for an image whose class a step would change, so its
+row bounds that attack's time from above). For the flagship:
 
     python benchmarks/evaluate.py --arch resnet18_cifar --activation softplus --softplus-beta 3 \\
-        --attack-amp bf16 --fused-softplus
+        --attack-amp bf16 --fused-softplus --fold-batchnorm
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
 from torch import Tensor
@@ -32,6 +35,7 @@ from torch import Tensor
 import lga_zoo
 from lga_zoo.attacks import pgd, random_perturbation, targeted_attribution_attack, topk_attack
 from lga_zoo.attribution import attribute, normalize_attribution, resolve_method
+from lga_zoo.batchnorm_folding import folded_batchnorm
 from lga_zoo.fused_softplus import fused_softplus_activations
 from lga_zoo.metrics import similarities
 from lga_zoo.models import create_backbone, softplus_activations
@@ -45,7 +49,8 @@ def main() -> None:
     parser.add_argument("--activation", default="relu", choices=("relu", "softplus"))
     parser.add_argument("--softplus-beta", type=float, default=3.0)
     parser.add_argument("--attack-amp", default="none", choices=("none", "bf16"))
-    parser.add_argument("--fused-softplus", action="store_true", help="time PyTorch's and the fused Softplus")
+    parser.add_argument("--fused-softplus", action="store_true", help="a column with the fused Softplus")
+    parser.add_argument("--fold-batchnorm", action="store_true", help="a column with BatchNorm folded")
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--images", type=int, default=50, help="images timed per row")
     parser.add_argument("--steps", type=int, default=100)
@@ -55,20 +60,26 @@ def main() -> None:
     parser.add_argument("--n-slow", type=int, default=200, help="of which also measured with IG")
     args = parser.parse_args()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    kernels = ("PyTorch", "fused") if args.fused_softplus else ("PyTorch",)
+    kernels = variants(args)
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, arch {args.arch} "
         f"({args.activation}), attack steps {args.steps}, attacks amp {args.attack_amp}, "
         f"batch {args.batch}, {args.images} images per row\n"
     )
-    print(
-        "| device | part of the evaluation | "
-        + " | ".join(f"images/s ({k} Softplus)" for k in kernels)
-        + " |"
-    )
+    print("| device | part of the evaluation | " + " | ".join(f"images/s ({k})" for k in kernels) + " |")
     print("|---|---|" + "---:|" * len(kernels))
     for device in devices:
         bench_device(device, args, kernels)
+
+
+def variants(args: argparse.Namespace) -> tuple[str, ...]:
+    """The columns: PyTorch's Softplus, then the fused one and the folded BatchNorm as asked."""
+    columns = ["PyTorch Softplus"]
+    if args.fused_softplus:
+        columns.append("fused Softplus")
+    if args.fold_batchnorm:
+        columns.append("fused Softplus, BN folded" if args.fused_softplus else "BN folded")
+    return tuple(columns)
 
 
 def bench_device(device: torch.device, args: argparse.Namespace, kernels: tuple[str, ...]) -> None:
@@ -77,10 +88,16 @@ def bench_device(device: torch.device, args: argparse.Namespace, kernels: tuple[
     model = lga_zoo.wrap(backbone, input_size=(3, 32, 32)).to(device).eval()
     x_all = torch.rand(args.images, 3, 32, 32, device=device)
 
+    @contextmanager
     def kernel_context(kernel):
-        return fused_softplus_activations(model) if kernel == "fused" else nullcontext()
+        with ExitStack() as stack:
+            if "fused" in kernel:
+                stack.enter_context(fused_softplus_activations(model))
+            if "folded" in kernel:
+                stack.enter_context(folded_batchnorm(model, x_all[:2]))
+            yield
 
-    parts = {kernel: evaluation_parts(model, args, device, kernel == "fused") for kernel in kernels}
+    parts = {kernel: evaluation_parts(model, args, device, "fused" in kernel) for kernel in kernels}
     for kernel in kernels:  # warm-up: every part on two images (and the fused kernel's compiles)
         with kernel_context(kernel):
             for fn in parts[kernel].values():
@@ -92,7 +109,7 @@ def bench_device(device: torch.device, args: argparse.Namespace, kernels: tuple[
                 seconds[kernel][name] = time_per_image(model, x_all, args.batch, parts[kernel][name], device)
     for name in seconds[kernels[0]]:
         print(
-            f"| {device.type} | {name} | " + " | ".join(f"{1 / seconds[k][name]:.2f}" for k in kernels) + " |"
+            f"| {device.type} | {name} | " + " | ".join(f"{1 / seconds[k][name]:.3g}" for k in kernels) + " |"
         )
     projected = []
     for kernel in kernels:

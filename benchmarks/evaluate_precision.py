@@ -1,8 +1,8 @@
-"""Do bf16 attacks (or the fused Softplus kernel) give the same evaluation figures, and how much
-faster are they?
+"""Do bf16 attacks (or the fused Softplus kernel, or BatchNorm folded into the convolutions) give the
+same evaluation figures, and how much faster are they?
 
     python benchmarks/evaluate_precision.py MODEL --data-dir DIR [--n-images 50] [--methods grad]
-        [--compare precision|softplus]
+        [--compare precision|softplus|batchnorm]
 
 Evaluates MODEL twice on the same seeded test images and prints a Markdown table: each figure of the
 reference run (mean [95% interval]) and of the candidate run, whether the candidate's mean lies
@@ -14,6 +14,12 @@ inside the reference's interval, and the time of each run.
 - ``--compare softplus``: bf16 attacks with PyTorch's Softplus (how the evaluations before the fused
   kernel ran) against the same with :class:`lga_zoo.fused_softplus.FusedSoftplus`, which
   ``lga_zoo.evaluate.evaluate`` uses on the CPU.
+- ``--compare batchnorm``: bf16 attacks with the model's modules as loaded against the same with
+  every BatchNorm that follows a convolution folded into it (:mod:`lga_zoo.batchnorm_folding`, what
+  ``lga_zoo.evaluate.evaluate`` does by default).
+
+Whatever a comparison does not vary runs as ``lga-zoo evaluate`` runs it (on a CPU without native
+bf16 kernels the "bf16" runs are fp32, as there).
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ import torch
 
 from lga_zoo.evaluate import EvalSettings, run_evaluation
 
-RUNS = {  # --compare: (label, attack_amp, fused_softplus) of the reference run, then the candidate
-    "precision": (("fp32 attacks", "none", True), ("bf16 attacks", "bf16", True)),
-    "softplus": (("PyTorch Softplus", "bf16", False), ("fused Softplus", "bf16", True)),
+RUNS = {  # --compare: (label, attack_amp, fused_softplus, fold_batchnorm) of the reference run, then the candidate
+    "precision": (("fp32 attacks", "none", True, True), ("bf16 attacks", "bf16", True, True)),
+    "softplus": (("PyTorch Softplus", "bf16", False, True), ("fused Softplus", "bf16", True, True)),
+    "batchnorm": (("BatchNorm as loaded", "bf16", True, False), ("BatchNorm folded", "bf16", True, True)),
 }
 
 
@@ -51,11 +58,19 @@ def main() -> None:
     )
     (ref_label, *ref_run), (new_label, *new_run) = RUNS[args.compare]
     results, seconds = [], []
-    for amp, fused in (ref_run, new_run):
+    for amp, fused, folded in (ref_run, new_run):
         started = time.perf_counter()
         settings = EvalSettings(**common, attack_amp=amp)
         results.append(
-            run_evaluation(args.model, args.data_dir, None, settings, progress=False, fused_softplus=fused)
+            run_evaluation(
+                args.model,
+                args.data_dir,
+                None,
+                settings,
+                progress=False,
+                fused_softplus=fused,
+                fold_batchnorm=folded,
+            )
         )
         seconds.append(time.perf_counter() - started)
     reference, candidate = results

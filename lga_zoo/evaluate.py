@@ -40,6 +40,7 @@ from .attacks import (
     topk_attack,
 )
 from .attribution import ALIASES, attribute, normalize_attribution, resolve_method
+from .batchnorm_folding import folded_batchnorm
 from .data import ImageArrays
 from .eval_state import Measured, evaluation_fingerprint, load_state, save_state
 from .fused_softplus import fused_softplus_activations
@@ -214,6 +215,7 @@ def evaluate(
     resume: bool = False,
     stop_after_seconds: float | None = None,
     fused_softplus: bool = True,
+    fold_batchnorm: bool = True,
 ) -> dict[str, Any]:
     """Measure ``model`` (pixels in [0, 1] in, logits out) on ``data``; returns the ``accuracy``,
     ``robustness`` and ``data`` sections of the results JSON. ``on_batch``, if given, receives the
@@ -226,6 +228,9 @@ def evaluate(
     ``fused_softplus``: run the model's Softplus activations as
     :class:`lga_zoo.fused_softplus.FusedSoftplus` on the CPU (the same function, faster: see
     ``benchmarks/evaluate.py --fused-softplus``); False keeps PyTorch's kernel.
+    ``fold_batchnorm``: run with each eval-mode BatchNorm that follows a convolution folded into it
+    (:mod:`lga_zoo.batchnorm_folding`: the same function up to float rounding, faster attacks: see
+    ``benchmarks/evaluate.py --fold-batchnorm``); False runs the modules as they are.
 
     ``model`` is left as it was: evaluated in eval mode with everything restored after, and on
     another ``device`` through a copy."""
@@ -241,8 +246,9 @@ def evaluate(
         model = copy.deepcopy(model).to(device)
     with preserved(model), fused_softplus_activations(model) if fused_softplus else nullcontext():
         return _evaluate(
-            model, data, settings, device, progress, on_batch, state, stop_after_seconds, fused_softplus
-        )
+            model, data, settings, device, progress, on_batch, state, stop_after_seconds,
+            fused_softplus, fold_batchnorm,
+        )  # fmt: skip
 
 
 def _start(
@@ -279,13 +285,39 @@ def _evaluate(
     state: Path | None = None,
     stop_after_seconds: float | None = None,
     fused_softplus: bool = True,
+    fold_batchnorm: bool = True,
 ) -> dict[str, Any]:
     started = time.monotonic()
     images = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
     labels = torch.from_numpy(data.labels)
+    # of the weights as given: a state is resumed whether or not BatchNorm is folded
+    fingerprint = evaluation_fingerprint(model, images, labels, settings.recorded()) if state else {}
+    probe = images[:2].to(device).float().div(255)
+    with folded_batchnorm(model, probe) if fold_batchnorm and len(probe) else nullcontext():
+        return _measure(
+            model, images, labels, data.name, settings, device, progress, on_batch,
+            state, fingerprint, started, stop_after_seconds, fused_softplus,
+        )  # fmt: skip
+
+
+def _measure(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    data_name: str,
+    settings: EvalSettings,
+    device: torch.device,
+    progress: bool,
+    on_batch: Callable[[dict[str, Any]], None] | None,
+    state: Path | None,
+    fingerprint: dict[str, Any],
+    started: float,
+    stop_after_seconds: float | None,
+    fused_softplus: bool,
+) -> dict[str, Any]:
+    """The clean accuracy (or the resumed state) and the robustness batches of :func:`_evaluate`."""
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(settings.seed))
     generator = torch.Generator(device=device).manual_seed(settings.seed)
-    fingerprint = evaluation_fingerprint(model, images, labels, settings.recorded()) if state else {}
     if state is not None and state.is_file():
         measured = load_state(state, fingerprint, generator)
         if progress:
@@ -360,10 +392,10 @@ def _evaluate(
         if measured.done == len(rob_idx):
             break
         if on_batch is not None:
-            on_batch(_summary(measured, settings, data.name))
+            on_batch(_summary(measured, settings, data_name))
         if stop_after_seconds is not None and time.monotonic() - started >= stop_after_seconds:
             break
-    return _summary(measured, settings, data.name)
+    return _summary(measured, settings, data_name)
 
 
 def _summary(measured: Measured, settings: EvalSettings, data_name: str) -> dict[str, Any]:
@@ -433,13 +465,14 @@ def run_evaluation(
     resume: bool = False,
     stop_after_seconds: float | None = None,
     fused_softplus: bool = True,
+    fold_batchnorm: bool = True,
 ) -> dict[str, Any]:
     """Load the model and the data, evaluate, and assemble the full results JSON.
 
     ``on_partial``, if given, receives a results JSON over the robustness images done so far
     (``"complete": false``) after each batch, so a long run that is stopped still leaves its figures.
-    ``state_path``, ``resume``, ``stop_after_seconds`` and ``fused_softplus`` are :func:`evaluate`'s; a run that stopped
-    early returns ``"complete": false``.
+    ``state_path``, ``resume``, ``stop_after_seconds``, ``fused_softplus`` and ``fold_batchnorm`` are
+    :func:`evaluate`'s; a run that stopped early returns ``"complete": false``.
     """
     from .datasets import eval_arrays
     from .hub import load
@@ -491,6 +524,7 @@ def run_evaluation(
         resume,
         stop_after_seconds,
         fused_softplus,
+        fold_batchnorm,
     )
     wanted = min(settings.n_robustness, len(data.labels))
     return results_json(measured, measured["data"]["n_robustness"] == wanted)

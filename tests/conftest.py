@@ -123,3 +123,31 @@ def record_attack_autocast(monkeypatch) -> list:
 
     monkeypatch.setattr(evaluate_module, "targeted_attribution_attack", recording_attack)
     return seen
+
+
+def short_evaluation(n_images: int = 8, side: int = 16):
+    """Random images and the settings of a short grad-map evaluation (5 attack steps): what the tests
+    that run an evaluation two ways (kernels, folding) compare. Returns (ImageArrays, EvalSettings)."""
+    from lga_zoo.data import ImageArrays
+    from lga_zoo.evaluate import EvalSettings
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n_images, side, side, 3), dtype=np.uint8)
+    data = ImageArrays(images, rng.integers(0, 10, n_images), CIFAR10_CLASSES, "synthetic")
+    settings = EvalSettings(
+        methods=("grad",), n_robustness=n_images, attack_steps=5, random_draws=2, batch_size=n_images,
+        similarities=("topk", "kendall", "cosine"), pgd_steps=3,
+    )  # fmt: skip
+    return data, settings
+
+
+def assert_same_figures(reference: dict, candidate: dict, tolerance: float) -> None:
+    """Two evaluations' results agree: the same accuracy and counts, every mean within ``tolerance``."""
+    assert candidate["accuracy"] == reference["accuracy"]
+    for attack, metrics in reference["robustness"]["grad"].items():
+        for metric, value in metrics.items():
+            other = candidate["robustness"]["grad"][attack][metric]
+            if isinstance(value, dict):
+                assert other["mean"] == pytest.approx(value["mean"], abs=tolerance), (attack, metric)
+            else:
+                assert other == value, (attack, metric)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import assert_same_figures, short_evaluation
 from torch import nn
 
 import lga_zoo
@@ -142,25 +143,12 @@ def test_fused_softplus_activations_swaps_for_the_block_only():
 def test_evaluation_figures_do_not_depend_on_the_softplus_kernel(monkeypatch, activation):
     # The same function to < 1e-6: every figure of a small evaluation (fp32 attacks) agrees. A ReLU
     # model gets the fused kernel in the attacks, for the Softplus(20) swapped in for its ReLUs.
-    import numpy as np
-
-    from lga_zoo.data import CIFAR10_CLASSES, ImageArrays
-    from lga_zoo.evaluate import EvalSettings, evaluate
+    from lga_zoo.evaluate import evaluate
 
     calls = []
     forward = FusedSoftplus.forward
     monkeypatch.setattr(FusedSoftplus, "forward", lambda self, x: calls.append(1) or forward(self, x))
-    rng = np.random.default_rng(0)
-    data = ImageArrays(
-        rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
-        rng.integers(0, 10, 8),
-        CIFAR10_CLASSES,
-        "synthetic",
-    )
-    settings = EvalSettings(
-        methods=("grad",), n_robustness=8, attack_steps=5, random_draws=2, batch_size=8,
-        similarities=("topk", "kendall", "cosine"), pgd_steps=3,
-    )  # fmt: skip
+    data, settings = short_evaluation()
     model = small_cnn(activation)
     modules = list(model.modules())
     plain = evaluate(model, data, settings, progress=False, fused_softplus=False)
@@ -168,11 +156,4 @@ def test_evaluation_figures_do_not_depend_on_the_softplus_kernel(monkeypatch, ac
     with_fused = evaluate(model, data, settings, progress=False, fused_softplus=True)
     assert calls, "the fused kernel ran"
     assert all(a is b for a, b in zip(model.modules(), modules, strict=True))  # the caller's modules
-    assert plain["accuracy"] == with_fused["accuracy"]
-    for attack, metrics in plain["robustness"]["grad"].items():
-        for metric, value in metrics.items():
-            other = with_fused["robustness"]["grad"][attack][metric]
-            if isinstance(value, dict):
-                assert other["mean"] == pytest.approx(value["mean"], abs=0.01), (attack, metric)
-            else:
-                assert other == value, (attack, metric)
+    assert_same_figures(plain, with_fused, tolerance=0.01)
