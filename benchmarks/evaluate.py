@@ -93,8 +93,8 @@ def bench_device(device: torch.device, args: argparse.Namespace, kernels: tuple[
         with ExitStack() as stack:
             if "fused" in kernel:
                 stack.enter_context(fused_softplus_activations(model))
-            if "folded" in kernel:
-                stack.enter_context(folded_batchnorm(model, x_all[:2]))
+            if "folded" in kernel and not stack.enter_context(folded_batchnorm(model, x_all[:2])):
+                raise SystemExit(f"--fold-batchnorm: no BatchNorm of {args.arch} can be folded")
             yield
 
     parts = {kernel: evaluation_parts(model, args, device, "fused" in kernel) for kernel in kernels}

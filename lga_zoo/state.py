@@ -93,8 +93,8 @@ def swapped_children(
     swapped = [
         (parent, name, child, new)
         for parent in module.modules()
-        for name, child in parent.named_children()
-        if (new := replacement(child)) is not None
+        for name, child in list(parent._modules.items())  # also a child registered under two names
+        if child is not None and (new := replacement(child)) is not None
     ]
     try:
         for parent, name, _, new in swapped:

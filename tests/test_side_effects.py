@@ -139,3 +139,16 @@ def test_maps_agree_with_captum_on_eval_mode_models(which, method):
     ref = captum_attribution(model, x, target, method)
     cosine = torch.nn.functional.cosine_similarity(exp.raw.flatten(1), ref.flatten(1), dim=1)
     assert (cosine >= 0.99).all(), cosine
+
+
+def test_swapped_children_swaps_a_child_registered_under_two_names():
+    from torch import nn
+
+    from lga_zoo.state import swapped_children
+
+    relu = nn.ReLU()
+    parent = nn.Sequential(nn.Conv2d(3, 3, 1))
+    parent.a, parent.b = relu, relu
+    with swapped_children(parent, lambda child: nn.Softplus() if isinstance(child, nn.ReLU) else None):
+        assert isinstance(parent.a, nn.Softplus) and isinstance(parent.b, nn.Softplus)
+    assert parent.a is relu and parent.b is relu
