@@ -72,17 +72,23 @@ def main() -> None:
         bench_device(device, args, kernels)
 
 
-def variants(args: argparse.Namespace) -> tuple[str, ...]:
-    """The columns: PyTorch's Softplus, then the fused one and the folded BatchNorm as asked."""
-    columns = ["PyTorch Softplus"]
+def variants(args: argparse.Namespace) -> dict[str, tuple[bool, bool]]:
+    """The columns, as label: (fused Softplus, BatchNorm folded): PyTorch's Softplus, then the fused
+    one and the folded BatchNorm as asked."""
+    columns = {"PyTorch Softplus": (False, False)}
     if args.fused_softplus:
-        columns.append("fused Softplus")
+        columns["fused Softplus"] = (True, False)
     if args.fold_batchnorm:
-        columns.append("fused Softplus, BN folded" if args.fused_softplus else "BN folded")
-    return tuple(columns)
+        columns["fused Softplus, BN folded" if args.fused_softplus else "BN folded"] = (
+            args.fused_softplus,
+            True,
+        )
+    return columns
 
 
-def bench_device(device: torch.device, args: argparse.Namespace, kernels: tuple[str, ...]) -> None:
+def bench_device(
+    device: torch.device, args: argparse.Namespace, kernels: dict[str, tuple[bool, bool]]
+) -> None:
     torch.manual_seed(0)
     backbone = create_backbone(args.arch, 10, activation=args.activation, softplus_beta=args.softplus_beta)
     model = lga_zoo.wrap(backbone, input_size=(3, 32, 32)).to(device).eval()
@@ -90,24 +96,25 @@ def bench_device(device: torch.device, args: argparse.Namespace, kernels: tuple[
 
     @contextmanager
     def kernel_context(kernel):
+        fused, folded = kernels[kernel]
         with ExitStack() as stack:
-            if "fused" in kernel:
+            if fused:
                 stack.enter_context(fused_softplus_activations(model))
-            if "folded" in kernel and not stack.enter_context(folded_batchnorm(model, x_all[:2])):
+            if folded and not stack.enter_context(folded_batchnorm(model, x_all[:2])):
                 raise SystemExit(f"--fold-batchnorm: no BatchNorm of {args.arch} can be folded")
             yield
 
-    parts = {kernel: evaluation_parts(model, args, device, "fused" in kernel) for kernel in kernels}
+    parts = {kernel: evaluation_parts(model, args, device, fused) for kernel, (fused, _) in kernels.items()}
     for kernel in kernels:  # warm-up: every part on two images (and the fused kernel's compiles)
         with kernel_context(kernel):
             for fn in parts[kernel].values():
                 time_per_image(model, x_all[:2], 2, fn, device)
     seconds = {kernel: {} for kernel in kernels}
-    for name in parts[kernels[0]]:  # the kernels in turn, part by part: a drift in speed hits both
+    for name in parts[next(iter(kernels))]:  # the kernels in turn, part by part: a drift in speed hits both
         for kernel in kernels:
             with kernel_context(kernel):
                 seconds[kernel][name] = time_per_image(model, x_all, args.batch, parts[kernel][name], device)
-    for name in seconds[kernels[0]]:
+    for name in seconds[next(iter(kernels))]:
         print(
             f"| {device.type} | {name} | " + " | ".join(f"{1 / seconds[k][name]:.3g}" for k in kernels) + " |"
         )

@@ -94,29 +94,35 @@ def folded_batchnorm(model: nn.Module, probe: Tensor) -> Iterator[int]:
         raise ValueError("folded_batchnorm needs a probe batch of at least one input; got an empty batch")
     with torch.no_grad():
         reference = model(probe).float()
-    kept = [pair for pair in foldable_pairs(model, probe) if _same_logits(model, probe, [pair], reference)]
-    if not _same_logits(model, probe, kept, reference):  # each alone, but not together: fold none
+    candidates = foldable_pairs(model, probe)
+    folded_convs = {conv: fuse_conv_bn_eval(conv, bn) for conv, bn in candidates}
+    kept = [
+        pair for pair in candidates if _same_logits(model, probe, _swaps([pair], folded_convs), reference)
+    ]
+    if not _same_logits(model, probe, _swaps(kept, folded_convs), reference):  # each alone, not together
         kept = []
-    with swapped_children(model, _replacements(kept).get):
+    with swapped_children(model, _swaps(kept, folded_convs).get):
         yield len(kept)
 
 
-def _replacements(pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]]) -> dict[nn.Module, nn.Module]:
-    """Each convolution's folded copy and an ``nn.Identity`` for each BatchNorm, by module."""
-    replacements: dict[nn.Module, nn.Module] = {}
-    for conv, bn in pairs:
-        replacements[conv] = fuse_conv_bn_eval(conv, bn)
-        replacements[bn] = nn.Identity()
-    return replacements
+def _swaps(
+    pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]], folded_convs: dict[nn.Module, nn.Module]
+) -> dict[nn.Module, nn.Module]:
+    """What each module of ``pairs`` is swapped for: its folded copy, or ``nn.Identity`` for a BatchNorm."""
+    return {
+        module: folded_convs[module] if module in folded_convs else nn.Identity()
+        for pair in pairs
+        for module in pair
+    }
 
 
 def _same_logits(
-    model: nn.Module, probe: Tensor, pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]], reference: Tensor
+    model: nn.Module, probe: Tensor, swaps: dict[nn.Module, nn.Module], reference: Tensor
 ) -> bool:
-    """Whether ``model`` with ``pairs`` folded gives ``reference`` on ``probe``, up to rounding."""
-    if not pairs:
+    """Whether ``model`` with ``swaps`` made gives ``reference`` on ``probe``, up to rounding."""
+    if not swaps:
         return True
-    with torch.no_grad(), swapped_children(model, _replacements(pairs).get):
+    with torch.no_grad(), swapped_children(model, swaps.get):
         folded = model(probe).float()
     scale = reference.abs().max().clamp_min(1.0)
     return bool((folded - reference).abs().max() <= RELATIVE_TOLERANCE * scale)
