@@ -325,67 +325,12 @@ def _measure(
     else:
         measured = _start(model, images, labels, order, settings, device, progress)
     rob_idx = order[: min(settings.n_robustness, len(labels))]
-    per_image, pgd_correct, changed = measured.per_image, measured.pgd_correct, measured.changed
     batches = range(measured.done, len(rob_idx), settings.batch_size)
     for start in tqdm(batches, desc="robustness", disable=not progress):
         idx = rob_idx[start : start + settings.batch_size]
         x = images[idx].to(device).float().div(255)
         y = labels[idx].to(device)
-        with torch.no_grad():
-            predicted = model(x).argmax(1)
-        if "pgd" in settings.attacks:
-            for norm, eps in (("linf", settings.pgd_linf_eps), ("l2", settings.pgd_l2_eps)):
-                with attack_precision(settings, device):
-                    x_adv = pgd(model, x, y, eps, norm=norm, steps=settings.pgd_steps)
-                with torch.no_grad():
-                    pgd_correct[norm] += (model(x_adv).argmax(1) == y).sum().item()
-        # Perturbed inputs by (attack, attacked map): methods that share the attacked map (all of
-        # them with attack_map="grad", and every method for random noise) are measured on the same x'.
-        # Each shared x' is made once, for the most images any method sharing it measures, so the
-        # figures do not depend on the order of the methods or on n_slow.
-        counts = {m: min(len(x), max(0, settings.images_for(m) - start)) for m in settings.methods}
-        needed: dict[tuple[str, str], int] = {}
-        for method in settings.methods:
-            for attack in settings.attacks:
-                if attack != "pgd":
-                    key = (attack, "-" if attack == "random" else attacked_map(method, settings))
-                    needed[key] = max(needed.get(key, 0), counts[method])
-        perturbed_cache: dict[tuple[str, str], list[Tensor]] = {}
-        for method in settings.methods:
-            count = counts[method]
-            if count == 0:
-                continue  # a slow method measured on the first images only
-            x_m, predicted_m = x[:count], predicted[:count]
-            clean_maps = _maps(model, x_m, predicted_m, method, settings)
-            for attack in settings.attacks:
-                if attack == "pgd":
-                    continue
-                key = (attack, "-" if attack == "random" else attacked_map(method, settings))
-                if key not in perturbed_cache:
-                    n = needed[key]
-                    perturbed_cache[key] = _attacked_inputs(
-                        model, x[:n], predicted[:n], method, attack, settings, generator, fused_softplus
-                    )
-                perturbed = [x_prime[:count] for x_prime in perturbed_cache[key]]
-                draws = []
-                for x_prime in perturbed:
-                    assert (x_prime - x_m).abs().max() <= settings.eps + 1e-5, "perturbation left the ball"
-                    draws.append(
-                        similarities(
-                            clean_maps,
-                            _maps(model, x_prime, predicted_m, method, settings),
-                            settings.similarities,
-                            settings.topk_fraction,
-                        )
-                    )
-                    if attack in changed[method]:
-                        with torch.no_grad():
-                            flipped = (model(x_prime).argmax(1) != predicted_m).sum().item()
-                        changed[method][attack] += flipped
-                for name in settings.similarities:
-                    per_image[method][attack][name].append(
-                        torch.stack([d[name] for d in draws]).mean(0).cpu()
-                    )
+        _measure_batch(model, x, y, start, settings, generator, fused_softplus, measured)
         measured.done = start + len(idx)
         if state is not None:
             save_state(state, measured, generator, fingerprint)
@@ -396,6 +341,94 @@ def _measure(
         if stop_after_seconds is not None and time.monotonic() - started >= stop_after_seconds:
             break
     return _summary(measured, settings, data_name)
+
+
+def _measure_batch(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    start: int,
+    settings: EvalSettings,
+    generator: torch.Generator,
+    fused_softplus: bool,
+    measured: Measured,
+) -> None:
+    """Add one batch of robustness images (``x``, labels ``y``; the first is image ``start``) to
+    ``measured``: the PGD counts, and each method's similarities and prediction changes."""
+    with torch.no_grad():
+        predicted = model(x).argmax(1)
+    if "pgd" in settings.attacks:
+        for norm, eps in (("linf", settings.pgd_linf_eps), ("l2", settings.pgd_l2_eps)):
+            with attack_precision(settings, x.device):
+                x_adv = pgd(model, x, y, eps, norm=norm, steps=settings.pgd_steps)
+            with torch.no_grad():
+                measured.pgd_correct[norm] += (model(x_adv).argmax(1) == y).sum().item()
+    counts = {m: min(len(x), max(0, settings.images_for(m) - start)) for m in settings.methods}
+    perturbed_by_key = _shared_perturbations(model, x, predicted, counts, settings, generator, fused_softplus)
+    for method in settings.methods:
+        count = counts[method]
+        if count == 0:
+            continue  # a slow method measured on the first images only
+        x_m, predicted_m = x[:count], predicted[:count]
+        clean_maps = _maps(model, x_m, predicted_m, method, settings)
+        for attack in settings.attacks:
+            if attack == "pgd":
+                continue
+            perturbed = [
+                x_prime[:count] for x_prime in perturbed_by_key[_perturbation_key(method, attack, settings)]
+            ]
+            draws = []
+            for x_prime in perturbed:
+                assert (x_prime - x_m).abs().max() <= settings.eps + 1e-5, "perturbation left the ball"
+                perturbed_maps = _maps(model, x_prime, predicted_m, method, settings)
+                draws.append(
+                    similarities(clean_maps, perturbed_maps, settings.similarities, settings.topk_fraction)
+                )
+                if attack in measured.changed[method]:
+                    with torch.no_grad():
+                        measured.changed[method][attack] += (
+                            (model(x_prime).argmax(1) != predicted_m).sum().item()
+                        )
+            for name in settings.similarities:
+                measured.per_image[method][attack][name].append(
+                    torch.stack([d[name] for d in draws]).mean(0).cpu()
+                )
+
+
+def _perturbation_key(method: str, attack: str, settings: EvalSettings) -> tuple[str, str]:
+    """(attack, attacked map): the methods with the same key are measured on the same x'."""
+    return (attack, "-" if attack == "random" else attacked_map(method, settings))
+
+
+def _shared_perturbations(
+    model: nn.Module,
+    x: Tensor,
+    predicted: Tensor,
+    counts: dict[str, int],
+    settings: EvalSettings,
+    generator: torch.Generator,
+    fused_softplus: bool,
+) -> dict[tuple[str, str], list[Tensor]]:
+    """The perturbed inputs x' of a batch by :func:`_perturbation_key`, for the first ``counts[method]``
+    images of each method. Methods that share the attacked map (all of them with attack_map="grad",
+    and every method for random noise) are measured on the same x'. Each shared x' is made once, for
+    the most images any method sharing it measures, so the figures do not depend on the order of the
+    methods or on n_slow."""
+    needed: dict[tuple[str, str], int] = {}
+    first_method: dict[tuple[str, str], str] = {}
+    for method in settings.methods:
+        for attack in settings.attacks:
+            if attack != "pgd":
+                key = _perturbation_key(method, attack, settings)
+                needed[key] = max(needed.get(key, 0), counts[method])
+                first_method.setdefault(key, method)
+    return {
+        key: _attacked_inputs(
+            model, x[:n], predicted[:n], first_method[key], key[0], settings, generator, fused_softplus
+        )
+        for key, n in needed.items()
+        if n > 0
+    }
 
 
 def _summary(measured: Measured, settings: EvalSettings, data_name: str) -> dict[str, Any]:
@@ -509,6 +542,9 @@ def run_evaluation(
             "complete": complete,
             "versions": package_versions(),
             "device": str(device),
+            # how this call ran the model (the same function either way; a resumed state's earlier
+            # batches may have run otherwise)
+            "execution": {"fused_softplus": fused_softplus, "fold_batchnorm": fold_batchnorm},
             "command": command or " ".join(["lga-zoo", *sys.argv[1:]]),
         }
 

@@ -273,3 +273,4 @@ def test_evaluate_max_minutes_stops_and_resume_completes(tiny_cifar, tmp_path, m
         not (folder / "results.state.safetensors").exists() and not (folder / "results.partial.json").exists()
     )
     assert "--resume" not in results["command"] and "--max-minutes" not in results["command"]
+    assert results["execution"] == {"fused_softplus": True, "fold_batchnorm": True}
