@@ -412,11 +412,12 @@ def _shared_perturbations(
     """The perturbed inputs x' of a batch by :func:`_perturbation_key`, for the first ``counts[method]``
     images of each method. Methods that share the attacked map (all of them with attack_map="grad",
     and every method for random noise) are measured on the same x'. Each shared x' is made once, for
-    the most images any method sharing it measures, so the figures do not depend on the order of the
-    methods or on n_slow."""
+    the most images any method sharing it measures, so with attack_map="grad" the figures do not
+    depend on the order of the methods or on n_slow. The x' are made in the order the methods that
+    measure images in this batch first need them (the random generator is shared)."""
     needed: dict[tuple[str, str], int] = {}
     first_method: dict[tuple[str, str], str] = {}
-    for method in settings.methods:
+    for method in (m for m in settings.methods if counts[m] > 0):  # made in the order first needed
         for attack in settings.attacks:
             if attack != "pgd":
                 key = _perturbation_key(method, attack, settings)
@@ -427,7 +428,6 @@ def _shared_perturbations(
             model, x[:n], predicted[:n], first_method[key], key[0], settings, generator, fused_softplus
         )
         for key, n in needed.items()
-        if n > 0
     }
 
 
