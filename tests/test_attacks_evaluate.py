@@ -316,6 +316,35 @@ def test_slow_methods_on_fewer_images_leave_the_gradient_figures_unchanged():
         EvalSettings(n_slow=0)
 
 
+@pytest.mark.parametrize(
+    "counts, expected",
+    [  # IG measured in this batch: its x' come first; past n_slow: in the gradient's order
+        ({"integrated_gradients": 3, "grad": 4},
+         [("targeted", "integrated_gradients", 3), ("random", "-", 4), ("topk", "integrated_gradients", 3),
+          ("targeted", "grad", 4), ("topk", "grad", 4)]),
+        ({"integrated_gradients": 0, "grad": 4}, [("targeted", "grad", 4), ("random", "-", 4), ("topk", "grad", 4)]),
+    ],
+)  # fmt: skip
+def test_perturbed_inputs_are_made_in_the_order_first_needed(monkeypatch, counts, expected):
+    """The shared random generator draws the x' of a batch in the order the methods measuring images
+    in it need them, so the figures of a batch where a slow method is done do not change."""
+    import lga_zoo.evaluate as evaluate_module
+
+    made = []
+
+    def record(model, x, target, method, attack, settings, generator, fused_softplus):
+        made.append((attack, evaluate_module._perturbation_key(method, attack, settings)[1], len(x)))
+        return [x]
+
+    monkeypatch.setattr(evaluate_module, "_attacked_inputs", record)
+    settings = EvalSettings(methods=("ig", "grad"), attacks=("targeted", "random", "topk"), attack_map="same")
+    x = torch.rand(4, 3, 8, 8)
+    shared = evaluate_module._shared_perturbations(
+        None, x, torch.zeros(4, dtype=torch.long), counts, settings, torch.Generator(), False
+    )
+    assert made == expected and len(shared) == len(expected)
+
+
 def test_bf16_attacks_stay_in_the_ball_and_are_recorded(monkeypatch):
     seen = record_attack_autocast(monkeypatch)
     data = synthetic_data(4)
