@@ -110,11 +110,12 @@ def bench_device(
             for fn in parts[kernel].values():
                 time_per_image(model, x_all[:2], 2, fn, device)
     seconds = {kernel: {} for kernel in kernels}
-    for name in parts[next(iter(kernels))]:  # the kernels in turn, part by part: a drift in speed hits both
+    first = next(iter(kernels))
+    for name in parts[first]:  # the kernels in turn, part by part: a drift in speed hits both
         for kernel in kernels:
             with kernel_context(kernel):
                 seconds[kernel][name] = time_per_image(model, x_all, args.batch, parts[kernel][name], device)
-    for name in seconds[next(iter(kernels))]:
+    for name in seconds[first]:
         print(
             f"| {device.type} | {name} | " + " | ".join(f"{1 / seconds[k][name]:.3g}" for k in kernels) + " |"
         )

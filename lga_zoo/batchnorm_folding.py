@@ -25,13 +25,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .state import swapped_children
+from .state import CALL_HOOKS, swapped_children
 
 # The folded logits may differ from the model's by rounding only: this share of their scale is above
 # the rounding of fp32 and of TF32 convolutions on a GPU, and far below what folding a BatchNorm whose
 # convolution output is read elsewhere changes.
 RELATIVE_TOLERANCE = 1e-3
-CALL_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
 def _hooked(module: nn.Module) -> bool:

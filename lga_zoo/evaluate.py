@@ -147,15 +147,16 @@ def _attacked_inputs(
     model: nn.Module,
     x: Tensor,
     target: Tensor,
-    method: str,
     attack: str,
+    attack_method: str,
     settings: EvalSettings,
     generator: torch.Generator,
     fused_softplus: bool,
 ) -> list[Tensor]:
+    """The x' of ``attack`` (``random``: ``settings.random_draws`` of them), the attacks optimizing the
+    map of ``attack_method``."""
     if attack == "random":
         return [random_perturbation(x, settings.eps, generator) for _ in range(settings.random_draws)]
-    attack_method = attacked_map(method, settings)
     with (
         softplus_activations(model, settings.softplus_beta),
         # also the Softplus just swapped in for a ReLU model's ReLUs
@@ -416,18 +417,16 @@ def _shared_perturbations(
     depend on the order of the methods or on n_slow. The x' are made in the order the methods that
     measure images in this batch first need them (the random generator is shared)."""
     needed: dict[tuple[str, str], int] = {}
-    first_method: dict[tuple[str, str], str] = {}
     for method in (m for m in settings.methods if counts[m] > 0):  # made in the order first needed
         for attack in settings.attacks:
             if attack != "pgd":
                 key = _perturbation_key(method, attack, settings)
                 needed[key] = max(needed.get(key, 0), counts[method])
-                first_method.setdefault(key, method)
     return {
-        key: _attacked_inputs(
-            model, x[:n], predicted[:n], first_method[key], key[0], settings, generator, fused_softplus
+        (attack, map_method): _attacked_inputs(
+            model, x[:n], predicted[:n], attack, map_method, settings, generator, fused_softplus
         )
-        for key, n in needed.items()
+        for (attack, map_method), n in needed.items()
     }
 
 

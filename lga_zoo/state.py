@@ -17,14 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_state_dict_hooks",
-    "_load_state_dict_pre_hooks",
-)
+CALL_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+HOOK_DICTS = (*CALL_HOOKS, "_state_dict_hooks", "_load_state_dict_pre_hooks")
 
 
 @dataclass

@@ -332,8 +332,8 @@ def test_perturbed_inputs_are_made_in_the_order_first_needed(monkeypatch, counts
 
     made = []
 
-    def record(model, x, target, method, attack, settings, generator, fused_softplus):
-        made.append((attack, evaluate_module._perturbation_key(method, attack, settings)[1], len(x)))
+    def record(model, x, target, attack, attack_method, settings, generator, fused_softplus):
+        made.append((attack, attack_method, len(x)))
         return [x]
 
     monkeypatch.setattr(evaluate_module, "_attacked_inputs", record)

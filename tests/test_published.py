@@ -97,8 +97,12 @@ def test_real_cifar10_archive_decodes_to_the_known_data(real_cifar):
 def _own_grad_maps(model, x, y, create_graph=False):
     """|d logit_y / dx| summed over channels: this test's own code, not lga_zoo.attacks."""
     x = x if x.requires_grad else x.clone().requires_grad_(True)
-    logit = model(x).gather(1, y[:, None]).sum()
-    (grad,) = torch.autograd.grad(logit, x, create_graph=create_graph)
+    return _own_saliency(model(x), x, y, create_graph)
+
+
+def _own_saliency(logits, x, y, create_graph=False):
+    """|d logit_y / dx| summed over channels, from ``logits`` computed from ``x``."""
+    (grad,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), x, create_graph=create_graph)
     return grad.abs().sum(1)
 
 
@@ -119,8 +123,7 @@ def _own_frame_attack(model, x, y, eps=4 / 255, steps=10, frame=5):
             best[same] = x_adv.detach()[same]
         if step_done == steps:
             return best
-        (grad,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), x_adv, create_graph=True)
-        maps = grad.abs().sum(1)  # as _own_grad_maps, from this forward pass
+        maps = _own_saliency(logits, x_adv, y, create_graph=True)
         frame_mass = (maps * border).flatten(1).sum(1) / maps.flatten(1).sum(1)
         (step,) = torch.autograd.grad(frame_mass.sum(), x_adv)
         with torch.no_grad():
