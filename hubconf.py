@@ -26,7 +26,7 @@ def _load(name, pretrained, **kwargs):
 
 
 def resnet18_cifar10_control(pretrained: bool = True, **kwargs):
-    """resnet18_cifar (Softplus beta 3) on CIFAR-10: the control, 4 more plain epochs from lga-zoo/resnet18_cifar10_standard with no regularizer. Compare LGA against it.
+    """resnet18_cifar (Softplus beta 3) on CIFAR-10: the control: 1 epoch fine-tuned from lga-zoo/resnet18_cifar10_standard with no regularizer, as long as the LGA and Hessian fine-tunes. Compare LGA against it.
 
     Recipe: recipes/resnet18_cifar10_control.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
     """
@@ -34,7 +34,7 @@ def resnet18_cifar10_control(pretrained: bool = True, **kwargs):
 
 
 def resnet18_cifar10_hessian(pretrained: bool = True, **kwargs):
-    """resnet18_cifar (Softplus beta 3) on CIFAR-10 trained with the `hessian` regularizer (lam=0.0001, fd_step=0.01). Fine-tuned from lga-zoo/resnet18_cifar10_standard.
+    """resnet18_cifar (Softplus beta 3) on CIFAR-10 trained with the `hessian` regularizer (lam=0.0001, fd_step=0.01): 1 epoch fine-tuned from lga-zoo/resnet18_cifar10_standard.
 
     Recipe: recipes/resnet18_cifar10_hessian.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
     """
@@ -42,7 +42,7 @@ def resnet18_cifar10_hessian(pretrained: bool = True, **kwargs):
 
 
 def resnet18_cifar10_lga(pretrained: bool = True, **kwargs):
-    """resnet18_cifar (Softplus beta 3) on CIFAR-10 trained with the `lga` regularizer (eps=4/255, lambda_l2=0.1, lambda_cos=1.0, perturbation=uniform, detach_source=True). Fine-tuned from lga-zoo/resnet18_cifar10_standard.
+    """resnet18_cifar (Softplus beta 3) on CIFAR-10 trained with the `lga` regularizer (eps=4/255, lambda_l2=0.1, lambda_cos=1.0, perturbation=uniform, detach_source=True): 1 epoch fine-tuned from lga-zoo/resnet18_cifar10_standard.
 
     Recipe: recipes/resnet18_cifar10_lga.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
     """
@@ -50,7 +50,7 @@ def resnet18_cifar10_lga(pretrained: bool = True, **kwargs):
 
 
 def resnet18_cifar10_standard(pretrained: bool = True, **kwargs):
-    """resnet18_cifar (Softplus beta 3) on CIFAR-10 trained from scratch with plain cross-entropy (label smoothing 0.1), 16 epochs.
+    """resnet18_cifar (Softplus beta 3) on CIFAR-10 trained from scratch with plain cross-entropy (label smoothing 0.1) in three runs: 16 epochs, then cosine cycles of 12 and 8 epochs (recipes/stages/ holds the first two).
 
     Recipe: recipes/resnet18_cifar10_standard.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
     """
@@ -90,15 +90,23 @@ def resnet18_imagenet100_lga_pretrained(pretrained: bool = True, **kwargs):
 
 
 def resnet18_w16_cifar10_hessian(pretrained: bool = True, **kwargs):
-    """resnet18_w16_cifar on CIFAR-10 trained with the `hessian` regularizer (lam=0.0001, fd_step=0.01). Fine-tuned from lga-zoo/resnet18_w16_cifar10_standard.
+    """resnet18_w16_cifar on CIFAR-10 trained with the `hessian` regularizer (lam=0.0001, fd_step=0.01): 2 epochs fine-tuned from lga-zoo/resnet18_w16_cifar10_standard.
 
     Recipe: recipes/resnet18_w16_cifar10_hessian.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
     """
     return _load("resnet18_w16_cifar10_hessian", pretrained, **kwargs)
 
 
+def resnet18_w16_cifar10_control(pretrained: bool = True, **kwargs):
+    """resnet18_w16_cifar on CIFAR-10: the control: 2 epochs fine-tuned from lga-zoo/resnet18_w16_cifar10_standard with no regularizer, as long as the LGA fine-tune. Compare LGA against it.
+
+    Recipe: recipes/resnet18_w16_cifar10_control.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
+    """
+    return _load("resnet18_w16_cifar10_control", pretrained, **kwargs)
+
+
 def resnet18_w16_cifar10_lga(pretrained: bool = True, **kwargs):
-    """resnet18_w16_cifar on CIFAR-10 trained with the `lga` regularizer (eps=0.01569, lambda_l2=0.01, lambda_cos=0.1, perturbation=uniform, detach_source=True). Fine-tuned from lga-zoo/resnet18_w16_cifar10_standard.
+    """resnet18_w16_cifar on CIFAR-10 trained with the `lga` regularizer (eps=0.01569, lambda_l2=0.01, lambda_cos=0.1, perturbation=uniform, detach_source=True): 2 epochs fine-tuned from lga-zoo/resnet18_w16_cifar10_standard.
 
     Recipe: recipes/resnet18_w16_cifar10_lga.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
     """
@@ -106,7 +114,7 @@ def resnet18_w16_cifar10_lga(pretrained: bool = True, **kwargs):
 
 
 def resnet18_w16_cifar10_standard(pretrained: bool = True, **kwargs):
-    """resnet18_w16_cifar on CIFAR-10 trained with the `none` regularizer.
+    """resnet18_w16_cifar on CIFAR-10 trained from scratch with plain cross-entropy, 10 epochs.
 
     Recipe: recipes/resnet18_w16_cifar10_standard.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
     """

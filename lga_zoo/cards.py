@@ -110,13 +110,29 @@ def front_matter(entry: ZooEntry, results: dict[str, Any] | None) -> dict[str, A
             "timm",
             "safetensors",
         ],
-        "datasets": [entry.dataset],
     }
+    if entry.dataset != "folder":  # a folder of one's own is no Hub data set
+        meta["datasets"] = [entry.dataset]
     if entry.base_model:
         meta["base_model"] = entry.base_model
     if results:
         meta["model-index"] = _model_index(entry, results)
     return meta
+
+
+def _load_name(entry: ZooEntry) -> str:
+    """What ``lga_zoo.load`` takes for this model: a zoo name, or (a model of one's own, in no
+    registry) its folder, by the name the card's folder has."""
+    return entry.name if entry.hf_repo_id else f"path/to/{entry.name}"
+
+
+def _own_model_hint(entry: ZooEntry) -> str:
+    if entry.hf_repo_id:
+        return ""
+    return (
+        f"`path/to/{entry.name}` is this folder. Once pushed (`lga-zoo push path/to/{entry.name} --repo-id "
+        f'ORG/{entry.name}`), `lga_zoo.load("hf-hub:ORG/{entry.name}")` loads it from the Hub.\n\n'
+    )
 
 
 def _evaluation_section(results: dict[str, Any] | None) -> str:
@@ -234,9 +250,8 @@ def comparison_section(
         "The standard model and every model fine-tuned from it, with the same evaluation settings (top-k intersection of",
         "the map at x and at x', mean [95% interval]). `images`: the seeded test images each model was measured on",
         "(IG maps on the first of them); the first N are the same images for every model. `last run`: each model's",
-        "last training run (for a fine-tune, its extra training). The control starts from the same model as the",
-        "regularized fine-tunes and trains without a regularizer: the gap between a regularizer and a control that",
-        "trained at least as long is what the regularizer adds beyond more training.",
+        "last training run (for a fine-tune, its extra training). "
+        + _control_sentence(family, family_results),
         "",
         header,
         "|---|---|---|---:|---:|---:|" + "---:|" * len(COMPARISON_COLUMNS),
@@ -290,6 +305,21 @@ def comparison_section(
             " rows with each other.",
         ]
     return "\n".join(lines) + "\n\n"
+
+
+def _control_sentence(family: list[ZooEntry], family_results: dict[str, Any]) -> str:
+    """What the table can tell apart: with an evaluated control, what a regularizer adds beyond more
+    training; without one, not that."""
+    if any(m.method == "control" and family_results.get(m.name) for m in family):
+        return (
+            "The control starts from the same model as the\nregularized fine-tunes and trains without a "
+            "regularizer: the gap between a regularizer and a control that\ntrained at least as long is what "
+            "the regularizer adds beyond more training."
+        )
+    return (
+        "No control (the same extra training without a\nregularizer) is evaluated yet: a fine-tune's gap to "
+        "the standard model mixes what its regularizer adds\nwith what the extra training adds."
+    )
 
 
 def _init_sha256(config: dict[str, Any] | None) -> str | None:
@@ -350,17 +380,17 @@ Part of [lga-zoo](https://github.com/lga-zoo/lga_zoo): classifiers whose explana
 ```python
 import lga_zoo
 
-model = lga_zoo.load("{entry.name}")  # pixels in [0, 1]; normalization is inside the model
+model = lga_zoo.load("{_load_name(entry)}")  # pixels in [0, 1]; normalization is inside the model
 exp = model.explain(image, method="grad")  # PIL image, HWC array, CHW/BCHW tensor
 exp.attribution  # (B, H, W) map, max-normalized
 exp.overlay().save("heat.png")
 ```
 
 ```bash
-lga-zoo explain photo.jpg --model {entry.name} --method ig --out heat.png
+lga-zoo explain photo.jpg --model {_load_name(entry)} --method ig --out heat.png
 ```
 
-Inputs are resized to {entry.input_size[1]}x{entry.input_size[2]} (mean {list(entry.mean)}, std {list(entry.std)} applied inside).
+{_own_model_hint(entry)}Inputs are resized to {entry.input_size[1]}x{entry.input_size[2]} (mean {list(entry.mean)}, std {list(entry.std)} applied inside).
 Classes: {", ".join(entry.classes)}.
 
 ## Training

@@ -208,9 +208,9 @@ def _push(args: argparse.Namespace) -> int:
         print(f"pushed {own_folder} to {args.repo_id} at commit {commit}")
         return 0
     entry = get_entry(args.name)
-    commit = push(
-        args.folder or model_card_dir(args.name), args.repo_id, token=args.token, private=args.private
-    )
+    folder = Path(args.folder) if args.folder else model_card_dir(args.name)
+    _check_against_pins(folder, entry)
+    commit = push(folder, args.repo_id, token=args.token, private=args.private)
     print(f"pushed {args.name} to {args.repo_id} at commit {commit}")
     if args.pin:
         entry = replace(entry, hf_repo_id=args.repo_id, revision=commit)
@@ -219,11 +219,37 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_against_pins(folder: Path, entry) -> None:
+    """Refuse to push a zoo model's folder whose weights or config.json are not the ones its registry
+    entry pins: every verified download of them would fail."""
+    from .folder import CONFIG_NAME, WEIGHTS_NAME, WeightsError
+    from .hub import verify_config, verify_file
+
+    if not entry.has_weights:
+        raise ValueError(
+            f"{entry.name} has no published weights to push; `lga-zoo publish {entry.name}` first"
+        )
+    for check, path, pin in (
+        (verify_file, folder / WEIGHTS_NAME, (entry.sha256, entry.size)),
+        (verify_config, folder / CONFIG_NAME, (entry,)),
+    ):
+        if not path.is_file():
+            raise ValueError(f"{str(path)!r} is missing; a pushable folder holds weights, config and card")
+        try:
+            check(path, *pin)
+        except WeightsError as err:
+            raise ValueError(
+                f"not pushing {entry.name}: {err}. The registry (zoo.json) pins other files than "
+                f"{str(folder)!r} holds; `lga-zoo publish {entry.name} --from RUN` pins a trained run"
+            ) from None
+
+
 def _download(args: argparse.Namespace) -> int:
     from .hub import download
 
     folder = download(args.name, revision=args.revision, cache_dir=args.cache_dir)
-    print(f"{args.name}: verified files in {folder}")
+    checked = "" if args.name.startswith("hf-hub:") else " (checked against its sha256 pins)"
+    print(f"{args.name}: files in {folder}{checked}")
     return 0
 
 
@@ -293,12 +319,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         attack_amp=args.attack_amp,
         seed=args.seed,
     )
-    command = (
-        "lga-zoo evaluate " + " ".join(shlex.quote(a) for a in _without_paths(sys.argv[2:]))
-        if args.record_argv
-        else None
-    )
     is_zoo_name = args.model in list_models(pretrained=False)
+    recorded = _without_paths(sys.argv[2:], None if is_zoo_name else args.model)
+    command = "lga-zoo evaluate " + " ".join(shlex.quote(a) for a in recorded) if args.record_argv else None
     own_folder = _own_model_folder(args.model)
     if args.publish and not is_zoo_name:
         raise ValueError(f"--publish writes a zoo model's card; {args.model!r} is not a zoo name")
@@ -373,14 +396,18 @@ NOT_RECORDED = {
 }  # how a run went, not what it measured: flag -> takes a value
 
 
-def _without_paths(argv: list[str]) -> list[str]:
+def _without_paths(argv: list[str], model_folder: str | None = None) -> list[str]:
     """The command line as recorded in results: the data directory is ``DIR``, an output path
-    ``OUT`` and a state file ``STATE`` (the results name the data set and split themselves), so no
-    machine path is published; ``--resume`` and ``--max-minutes`` are left out (they do not change
-    the figures)."""
+    ``OUT``, a state file ``STATE`` and ``model_folder`` (a model given as a folder) ``MODEL_DIR``
+    (the results name the model, data set and split themselves), so no machine path is published;
+    ``--resume`` and ``--max-minutes`` are left out (they do not change the figures). The evaluate
+    parser takes no abbreviated flags, so these are the only spellings."""
     recorded: list[str] = []
     args = iter(argv)
     for arg in args:
+        if model_folder is not None and arg == model_folder:
+            recorded.append("MODEL_DIR")
+            continue
         flag, has_value, _ = arg.partition("=")
         if flag in NOT_RECORDED:
             if NOT_RECORDED[flag] and not has_value:
@@ -494,12 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_push)
 
     p = sub.add_parser("download", help="fetch a model into the Hugging Face cache, verified")
-    p.add_argument("name")
+    p.add_argument("name", help="zoo name or hf-hub:ORG/NAME[@revision]")
     p.add_argument("--revision")
     p.add_argument("--cache-dir")
     p.set_defaults(func=_download)
 
-    p = sub.add_parser("evaluate", help="accuracy and attribution robustness into a results JSON")
+    p = sub.add_parser(
+        "evaluate", help="accuracy and attribution robustness into a results JSON", allow_abbrev=False
+    )
     p.add_argument("model", help="zoo name or model folder (lga-zoo train's OUT)")
     p.add_argument(
         "--data-dir", required=True, help="the model's data set (any layout lga-zoo train accepts)"

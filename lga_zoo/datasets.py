@@ -311,8 +311,9 @@ def _cifar10(recipe, data_dir, backbone_cfg, rank: int, world_size: int) -> Trai
 def eval_arrays(model, data_dir: str | os.PathLike, split: str | None, dataset: str):
     """An evaluation split as uint8 arrays at the model's input size (its eval transform), for
     :func:`lga_zoo.evaluate.evaluate`: CIFAR-10's ``test`` (or ``train``), or a folder's ``val``
-    (or ``test``) split read with ``model.transforms()``."""
+    (or ``test``) split resized and center-cropped as ``model.transforms()`` does."""
     from .data import ImageArrays
+    from .inputs import resize_transform
 
     if dataset == "cifar10":
         return load_cifar10(data_dir, split or "test")
@@ -320,7 +321,7 @@ def eval_arrays(model, data_dir: str | os.PathLike, split: str | None, dataset: 
     split = split or eval_split_name(root)
     classes = tuple(model.labels) if model.labels else folder_classes(root, split)
     files = ImageFiles(root / split, classes)
-    transform = model.transforms()
+    transform = resize_transform(model.input_size[1:], model.interpolation, model.crop_pct)
     images, labels = [], []
     for path, label in files.samples:
         picture = files._open(path)  # unreadable files are reported and left out

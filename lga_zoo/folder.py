@@ -83,7 +83,7 @@ def build_config(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """config.json for ``model``: timm's keys plus our ``lga_zoo`` section (``extra`` merged in)."""
-    cfg = model.pretrained_cfg
+    cfg = model.backbone_cfg
     return {
         "architecture": architecture,
         "num_classes": len(model.labels) if model.labels else cfg.get("num_classes"),
@@ -123,9 +123,38 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise WeightsError(f"{str(path)!r} is missing; a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise WeightsError(f"{str(path)!r} is not valid JSON: {err}") from None
+    _check_config(config, path)
+    return config
+
+
+CONFIG_KEYS = {"architecture": str, "num_classes": int, "pretrained_cfg": dict}
+PREPROCESSING_KEYS = ("input_size", "mean", "std")
+
+
+def _check_config(config: Any, path: Path) -> None:
+    """Refuse a config.json that is not one of ours (timm's hub keys), naming what is missing."""
+    accepted = (
+        f"an lga-zoo config.json holds {sorted(CONFIG_KEYS)} (pretrained_cfg with {list(PREPROCESSING_KEYS)}), "
+        "optional label_names and an lga_zoo section"
+    )
+    if not isinstance(config, dict):
+        raise WeightsError(f"{str(path)!r} holds a JSON {type(config).__name__}, not an object; {accepted}")
+    for key, kind in CONFIG_KEYS.items():
+        if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool):
+            raise WeightsError(f"{str(path)!r}: {key!r} is missing or not a {kind.__name__}; {accepted}")
+    missing = [k for k in PREPROCESSING_KEYS if not isinstance(config["pretrained_cfg"].get(k), list)]
+    if missing:
+        raise WeightsError(f"{str(path)!r}: pretrained_cfg lacks the lists {missing}; {accepted}")
+    labels = config.get("label_names")
+    if labels is not None and (not isinstance(labels, list) or len(labels) != config["num_classes"]):
+        raise WeightsError(
+            f"{str(path)!r}: label_names must be a list of num_classes={config['num_classes']} names"
+        )
+    if not isinstance(config.get("lga_zoo", {}), dict):
+        raise WeightsError(f"{str(path)!r}: 'lga_zoo' must be an object; {accepted}")
 
 
 def model_from_config(config: dict[str, Any]) -> ExplainableClassifier:

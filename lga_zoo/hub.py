@@ -127,6 +127,13 @@ def _attach(
     return model
 
 
+def is_pinned_revision(revision: str | None, entry: ZooEntry) -> bool:
+    """Whether loading ``revision`` of ``entry``'s repo reads the files its sha256 pins describe:
+    no revision, the pinned one, or ``main`` while the entry pins no commit (it is then read at
+    ``main``, and checked all the same)."""
+    return revision in (None, entry.revision) or (entry.revision is None and revision == "main")
+
+
 def _entry_for_config(config: dict[str, Any]) -> ZooEntry | None:
     name = config.get("lga_zoo", {}).get("name")
     try:
@@ -210,12 +217,21 @@ def load(
         repo_id, _, rev = text[len(HF_PREFIX) :].partition("@")
         revision = revision or rev or None
         pinned = next(
-            (e for e in _all_entries() if e.hf_repo_id == repo_id and revision in (None, e.revision)), None
+            (e for e in _all_entries() if e.hf_repo_id == repo_id and is_pinned_revision(revision, e)), None
         )
-        folder = _fetch(
-            repo_id, revision or (pinned.revision if pinned else None), cache_dir, offline, pinned, text
+        if not verify:
+            warnings.warn(
+                f"loading {text} with verify=False: its files are not checked against any pin", stacklevel=2
+            )
+        checked = pinned if verify else None
+        revision = revision or (pinned.revision if pinned else None)
+        folder = _fetch(repo_id, revision, cache_dir, offline, checked, text)
+        return _attach(
+            load_model_folder(folder, device),
+            checked,
+            f"hub:{repo_id}@{revision or 'main'}",
+            checked.sha256 if checked is not None else None,
         )
-        return _attach(load_model_folder(folder, device), pinned, f"hub:{repo_id}@{revision or 'pinned'}")
 
     entry = get_entry(text)
     if not entry.has_weights:
@@ -229,7 +245,8 @@ def load(
             stacklevel=2,
         )
     local = model_card_dir(entry.name)
-    if revision in (None, entry.revision) and (local / WEIGHTS_NAME).is_file():
+    pinned = is_pinned_revision(revision, entry)
+    if pinned and (local / WEIGHTS_NAME).is_file():
         if verify:
             verify_config(local / CONFIG_NAME, entry)
             verify_file(local / WEIGHTS_NAME, entry.sha256, entry.size)
@@ -239,7 +256,7 @@ def load(
             f"checkout:model_cards/{entry.name}",
             entry.sha256 if verify else None,
         )
-    if revision not in (None, entry.revision):
+    if not pinned:
         warnings.warn(
             f"{entry.name}: revision {revision} is not the pinned {entry.revision}; "
             "its sha256 cannot be checked against the registry",
@@ -250,12 +267,11 @@ def load(
         folder = _fetch(
             entry.hf_repo_id, entry.revision, cache_dir, offline, entry if verify else None, entry.name
         )
-    pinned_and_checked = verify and revision in (None, entry.revision)
     return _attach(
         load_model_folder(folder, device),
         entry,
-        f"hub:{entry.hf_repo_id}@{revision or entry.revision}",
-        entry.sha256 if pinned_and_checked else None,
+        f"hub:{entry.hf_repo_id}@{revision or entry.revision or 'main'}",
+        entry.sha256 if verify and pinned else None,
     )
 
 
@@ -308,17 +324,25 @@ def untrained(name: str, device: str | torch.device | None = None) -> Explainabl
 
 
 def download(name: str, revision: str | None = None, cache_dir: str | None = None) -> Path:
-    """Fetch a zoo model's folder into the Hugging Face cache (verified); returns the snapshot folder."""
-    entry = get_entry(name)
-    if not entry.has_weights:
-        raise WeightsError(f"{name} has no published weights yet (train it with {entry.recipe})")
-    pinned = entry if revision in (None, entry.revision) else None
-    folder = _fetch(entry.hf_repo_id, revision or entry.revision, cache_dir, offline_mode(None), pinned, name)
+    """Fetch a model's folder into the Hugging Face cache, verified against its pins where the
+    registry has them; returns the snapshot folder. ``name``: a zoo name or ``hf-hub:org/name[@revision]``."""
+    if name.startswith(HF_PREFIX):
+        repo_id, _, rev = name[len(HF_PREFIX) :].partition("@")
+        revision = revision or rev or None
+        pinned = next(
+            (e for e in _all_entries() if e.hf_repo_id == repo_id and is_pinned_revision(revision, e)), None
+        )
+        revision = revision or (pinned.revision if pinned else None)
+    else:
+        entry = get_entry(name)
+        if not entry.has_weights:
+            raise WeightsError(f"{name} has no published weights yet (train it with {entry.recipe})")
+        repo_id, pinned = entry.hf_repo_id, entry if is_pinned_revision(revision, entry) else None
+        revision = revision or entry.revision
+    folder = _fetch(repo_id, revision, cache_dir, offline_mode(None), pinned, name)
     for extra in (CARD_NAME, RESULTS_NAME):
         try:
-            _download(
-                entry.hf_repo_id, extra, revision or entry.revision, cache_dir, offline_mode(None), name
-            )
+            _download(repo_id, extra, revision, cache_dir, offline_mode(None), name)
         except WeightsError:
             pass
     return folder
@@ -373,12 +397,16 @@ def push(
         )
     api = api or HfApi(token=token)
     api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+    # A folder without results (`lga-zoo publish` drops those of replaced weights) also removes the
+    # Hub's results.json, which measured other weights.
+    stale = [] if (folder / RESULTS_NAME).is_file() else [RESULTS_NAME]
     info = api.upload_folder(
         folder_path=str(folder),
         repo_id=repo_id,
         repo_type="model",
         commit_message=commit_message or f"Upload {folder.name} with lga-zoo",
         allow_patterns=[WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, RESULTS_NAME],
+        delete_patterns=stale or None,
     )
     return getattr(info, "oid", None) or str(info)
 

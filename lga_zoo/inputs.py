@@ -34,6 +34,39 @@ def resize_transform(size: Sequence[int], interpolation: str = "bilinear", crop_
     return Compose([Resize(scale, interpolation=mode, antialias=True), CenterCrop((height, width))])
 
 
+class ToPixels:
+    """A PIL image (any mode :func:`to_batch` accepts) or a CHW uint8 or float tensor to a CHW float
+    tensor of pixels in [0, 1] with ``channels`` channels: the last step of :func:`eval_transform`."""
+
+    def __init__(self, channels: int):
+        self.channels = int(channels)
+
+    def __call__(self, picture) -> Tensor:
+        if isinstance(picture, Tensor) and picture.dim() != 3:
+            raise InputError(f"the transform takes one CHW image, got shape {tuple(picture.shape)}")
+        return to_batch(picture, (self.channels, *_size_of(picture)))[0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(channels={self.channels})"
+
+
+def _size_of(picture) -> tuple[int, int]:
+    if isinstance(picture, Image.Image):
+        return picture.height, picture.width
+    if isinstance(picture, Tensor):
+        return int(picture.shape[-2]), int(picture.shape[-1])
+    raise InputError(f"the transform takes a PIL image or a CHW tensor, got {type(picture).__name__}")
+
+
+def eval_transform(
+    input_size: Sequence[int], interpolation: str = "bilinear", crop_pct: float = 1.0
+) -> Compose:
+    """The evaluation transform of a model taking ``input_size`` (C, H, W): resize and center crop
+    (:func:`resize_transform`, on the PIL image as timm and torchvision do), then :class:`ToPixels`."""
+    resize = resize_transform(input_size[1:], interpolation, crop_pct)
+    return Compose([*resize.transforms, ToPixels(input_size[0])])
+
+
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 

@@ -165,10 +165,15 @@ class ExplainableClassifier(nn.Module):
         self.entry = None  # the registry entry, set by lga_zoo.load
         self.source = None  # where lga_zoo.load read it from
         self.sha256 = None  # sha256 of the weights file lga_zoo.load read
+        self.backbone_mean = tuple(float(m) for m in mean)
+        self.backbone_std = tuple(float(s) for s in std)
+        # timm's data config of what this model takes: pixels in [0, 1], so mean 0 and std 1 (the
+        # backbone's normalization is applied inside forward). timm's resolve_data_config and
+        # create_transform then give the model its input, not an input normalized a second time.
         self.pretrained_cfg = {
             "input_size": self.input_size,
-            "mean": tuple(float(m) for m in mean),
-            "std": tuple(float(s) for s in std),
+            "mean": (0.0,) * self.input_size[0],
+            "std": (1.0,) * self.input_size[0],
             "interpolation": interpolation,
             "crop_pct": self.crop_pct,
             "num_classes": None if labels is None else len(self.labels),
@@ -183,12 +188,20 @@ class ExplainableClassifier(nn.Module):
             return p.device
         return self.mean.device
 
-    def transforms(self):
-        """The torchvision transform from a PIL image to a CHW float tensor in [0, 1] at this model's
-        input size (resize by ``crop_pct``, center crop). No normalization: it lives in the model."""
-        from .inputs import resize_transform
+    @property
+    def backbone_cfg(self) -> dict:
+        """``pretrained_cfg`` of the backbone inside: the mean and std it is fed with (what
+        ``forward`` applies to the [0, 1] input), as config.json records them."""
+        return {**self.pretrained_cfg, "mean": self.backbone_mean, "std": self.backbone_std}
 
-        return resize_transform(self.input_size[1:], self.interpolation, self.crop_pct)
+    def transforms(self):
+        """The torchvision evaluation transform, as torchvision's ``weights.transforms()``: a PIL
+        image (or a CHW uint8 or float tensor) to a CHW float tensor of pixels in [0, 1] at this
+        model's input size (resize by ``crop_pct``, center crop), so ``model(model.transforms()(img)[None])``
+        gives the logits. No normalization: it lives in the model."""
+        from .inputs import eval_transform
+
+        return eval_transform(self.input_size, self.interpolation, self.crop_pct)
 
     def explain(self, inputs, target=None, method: str = "grad", normalize: str = "max", **method_kwargs):
         """Attribution maps for ``inputs``; see :func:`lga_zoo.attribution.explain`."""

@@ -224,6 +224,25 @@ class Recipe:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def published_dict(self) -> dict:
+        """:meth:`to_dict` as config.json publishes it: ``init`` and ``pretrained_file`` reduced by
+        :func:`publishable_path`, so no machine path reaches the Hub."""
+        values = self.to_dict()
+        for key in ("init", "pretrained_file"):
+            if values[key] not in (None, "scratch", "pretrained"):
+                values[key] = publishable_path(values[key])
+        return values
+
+
+def publishable_path(path: str) -> str:
+    """``path`` as a published file may hold it: a relative path inside the working folder (such as
+    ``model_cards/NAME`` or ``runs/NAME``) as it is; an absolute one, one from ``~`` or one leaving
+    the folder (``..``) by its last name only."""
+    parts = Path(path).parts
+    if Path(path).is_absolute() or path.startswith("~") or ".." in parts:
+        return Path(path).name
+    return path
+
 
 _SCIENTIFIC = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+$")
 

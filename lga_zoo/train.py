@@ -34,7 +34,7 @@ from .folder import build_config, remove_stale_temporaries, write_model_folder
 from .fused_softplus import fuse_softplus
 from .models import ExplainableClassifier, create_backbone
 from .precision import use_bf16
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, load_recipe, publishable_path
 from .regularizers import Regularizer, build_regularizer
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -138,7 +138,7 @@ def load_init_folder(recipe: Recipe, classes: tuple[str, ...]) -> ExplainableCla
     from .models import set_activation
 
     set_activation(model.backbone, recipe.activation, recipe.softplus_beta)
-    model.init_record = {"kind": "folder", "folder": recipe.init, "sha256": model.sha256,
+    model.init_record = {"kind": "folder", "folder": publishable_path(recipe.init), "sha256": model.sha256,
                          "zoo_name": model.entry.name if model.entry is not None else None}  # fmt: skip
     return model.train()
 
@@ -348,7 +348,7 @@ def prepare_model_and_data(
             )
     else:
         model = load_init_folder(recipe, classes)
-        data = prepare_data(recipe, data_dir, model.pretrained_cfg, rank, world_size, workers)
+        data = prepare_data(recipe, data_dir, model.backbone_cfg, rank, world_size, workers)
         geometry = (tuple(data.input_size), data.interpolation, data.crop_pct)
         if (tuple(model.input_size), model.interpolation, model.crop_pct) != geometry:
             raise ValueError(
@@ -389,7 +389,7 @@ def write_trained_folder(
         extra={
             "name": recipe.name,
             "regularizer": regularizer.settings(),
-            "recipe": recipe.to_dict(),
+            "recipe": recipe.published_dict(),
             "init": getattr(model, "init_record", {"kind": recipe.init}),
             "data": data.record,
             "training": {

@@ -31,7 +31,7 @@ def trained_reason(name: str, repo: Path = REPO) -> str | None:
         published = recipe_from_dict(ours.get("recipe") or {}).to_dict()
     except RecipeError:
         published = None
-    if published != load_recipe(repo / "recipes" / f"{name}.yaml").to_dict():
+    if published != load_recipe(repo / "recipes" / f"{name}.yaml").published_dict():
         return f"{name} was published from another recipe than recipes/{name}.yaml"
     init = ours.get("init") or {}
     if init.get("zoo_name") and init.get("sha256") != get_entry(init["zoo_name"]).sha256:

@@ -272,3 +272,46 @@ def test_the_comparison_stars_fine_tunes_of_earlier_standard_weights(private_zoo
     assert rows["| resnet18_cifar10_standard"].split(" | ")[3:5] == ["not evaluated yet", "91.23% (training)"]
     assert f"earlier weights of {standard} (sha256 {start['sha256'][:12]}...)" in card
     assert f"published ones (sha256 {'f' * 12}...)" in card
+
+
+def test_the_comparison_credits_a_regularizer_beyond_more_training_only_beside_an_evaluated_control():
+    from lga_zoo.cards import comparison_section, published_family_results
+
+    def text(name: str, drop: str | None = None) -> str:
+        entry = registry.get_entry(name)
+        family = {**published_family_results(entry), entry.name: json.loads(
+            (REPO / "model_cards" / name / "results.json").read_text())}  # fmt: skip
+        family.pop(drop, None)
+        return " ".join(comparison_section(entry, family).split())
+
+    beyond = "is what the regularizer adds beyond more training"
+    missing = "No control (the same extra training without a regularizer) is evaluated yet"
+    assert beyond in text("resnet18_cifar10_lga") and missing not in text("resnet18_cifar10_lga")
+    assert missing in text("resnet18_cifar10_lga", drop="resnet18_cifar10_control")
+    assert beyond not in text("resnet18_cifar10_lga", drop="resnet18_cifar10_control")
+
+
+def test_the_card_of_a_model_of_ones_own_names_commands_that_load_it(tmp_path):
+    """A folder of one's own is in no registry: its card loads it by its folder (or its Hub id once
+    pushed), and names no Hub data set for a folder data set."""
+    import re
+
+    import lga_zoo
+    from lga_zoo.cards import entry_from_config
+    from lga_zoo.folder import build_config, write_model_folder
+    from lga_zoo.hub import untrained
+
+    model = untrained(NAME)
+    recipe = {"name": "my_model_lga", "dataset": "folder", "init": "scratch"}
+    config = build_config(
+        model, "resnet18_w16_cifar", "relu", 20.0, {"name": "my_model_lga", "recipe": recipe}
+    )
+    folder = write_model_folder(model, config, tmp_path / "my_model_lga")
+    card = render_card(entry_from_config(config), None, config)
+    meta = yaml.safe_load(card.split("---")[1])
+    assert "datasets" not in meta
+    (loaded_name,) = set(re.findall(r'lga_zoo\.load\("([^"]+)"\)  #', card))
+    assert loaded_name == "path/to/my_model_lga" and "--model path/to/my_model_lga" in card
+    assert 'lga_zoo.load("hf-hub:ORG/my_model_lga")' in card
+    loaded = lga_zoo.load(loaded_name.replace("path/to", str(tmp_path)))
+    assert loaded.entry is None and loaded.weights_path == folder / "model.safetensors"

@@ -98,9 +98,10 @@ def test_the_folder_loads_explains_and_reproduces_the_eval_transform(trained_fol
         mean=(0, 0, 0),
         std=(1, 1, 1),
     )
-    ours = np.asarray(model.transforms()(big), dtype=np.float32) / 255
-    reference = timm_eval(big).permute(1, 2, 0).numpy()
-    assert ours.shape == reference.shape and np.abs(ours - reference).max() < 2 / 255
+    ours = model.transforms()(big)
+    reference = timm_eval(big)
+    assert ours.dtype == torch.float32 and ours.shape == reference.shape
+    assert (ours - reference).abs().max() < 1e-6
 
 
 def test_unreadable_training_files_are_reported_by_path(tiny_folder_recipe_run):

@@ -276,3 +276,100 @@ def test_a_checkout_with_swapped_labels_is_refused(tmp_path, monkeypatch):
 def test_a_missing_folder_is_named():
     with pytest.raises(WeightsError, match="model folder '/no/such/dir' does not exist"):
         lga_zoo.load("/no/such/dir")
+
+
+def test_push_of_a_zoo_model_checks_its_pins_before_uploading_and_pinning(
+    pinned_registry, tmp_path, monkeypatch
+):
+    """`lga-zoo push NAME --pin` uploads only the files its registry entry pins: other weights would
+    make every verified download of the new revision fail."""
+    from lga_zoo import cli
+
+    _, folder, entry = pinned_registry
+    api = RecordingApi()
+    monkeypatch.setattr(hub, "HfApi", lambda token=None: api)
+    written = []
+    monkeypatch.setattr(registry, "write_entries", lambda entries: written.append(entries))
+    _, other = make_folder(tmp_path / "other", seed=1)  # other weights, the same config
+    argv = ["push", NAME, "--repo-id", "me/tiny", "--pin"]
+    assert cli.main([*argv, "--folder", str(other)]) == 2
+    assert api.calls == [] and written == []
+    assert cli.main([*argv, "--folder", str(folder)]) == 0
+    assert [c[0] for c in api.calls] == ["create_repo", "upload_folder"]
+    pinned = {e.name: e for e in written[0]}[NAME]
+    assert (pinned.hf_repo_id, pinned.revision, pinned.sha256) == ("me/tiny", "c" * 40, entry.sha256)
+    # this folder has no results.json: a stale one on the Hub (of other weights) is deleted
+    assert api.calls[1][1]["delete_patterns"] == ["results.json"]
+
+
+def test_an_entry_without_a_pinned_commit_is_checked_at_main(pinned_registry, tmp_path, monkeypatch):
+    """Today's entries pin no commit (revision None): they are read at main, so main, named or
+    not, is checked against the sha256 pin on every route; verify=False is honoured on hf-hub: too."""
+    _, folder, entry = pinned_registry
+    registry._entries()[NAME] = replace(entry, revision=None)
+    cache = tmp_path / "hf"
+    snapshot = lay_out_hf_cache(cache, entry.hf_repo_id, folder, COMMIT)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = lga_zoo.load(NAME, revision="main", cache_dir=str(cache))
+    assert loaded.sha256 == entry.sha256 and loaded.source == f"hub:{entry.hf_repo_id}@main"
+    blob = (snapshot / "model.safetensors").resolve()
+    blob.write_bytes(blob.read_bytes()[:-4] + b"\x00\x00\x00\x01")  # tampered in the cache
+    with pytest.warns(UserWarning, match="verify=False"):
+        unchecked = lga_zoo.load(f"hf-hub:{entry.hf_repo_id}@main", cache_dir=str(cache), verify=False)
+    assert unchecked.entry is None and unchecked.sha256 != entry.sha256
+    for name, revision in ((NAME, "main"), (f"hf-hub:{entry.hf_repo_id}@main", None)):
+        lay_out_hf_cache(cache, entry.hf_repo_id, folder, COMMIT)  # the removed blob, tampered again
+        blob.write_bytes(blob.read_bytes()[:-4] + b"\x00\x00\x00\x01")
+        with pytest.raises(WeightsError, match="sha256 mismatch"):
+            lga_zoo.load(name, revision=revision, cache_dir=str(cache))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c.pop("pretrained_cfg"), "'pretrained_cfg' is missing"),
+        (lambda c: c.pop("architecture"), "'architecture' is missing"),
+        (lambda c: c["pretrained_cfg"].pop("mean"), r"pretrained_cfg lacks the lists \['mean'\]"),
+        (lambda c: c.update(label_names=["a", "b"]), "label_names must be a list of num_classes=10"),
+        (lambda c: c.update(lga_zoo=None), "'lga_zoo' must be an object"),
+        (lambda c: c.clear() or c.update(a=1), "'architecture' is missing"),  # e.g. a transformers config
+    ],
+)
+def test_a_foreign_or_broken_config_is_named(tmp_path, change, message, capsys):
+    from lga_zoo import cli
+
+    _, folder = make_folder(tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    change(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightsError, match=message):
+        lga_zoo.load(folder)
+    assert cli.main(["explain", str(REPO / "examples" / "cat.jpg"), "--model", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert message.replace("\\", "") in err and "Traceback" not in err
+
+
+def test_a_config_that_is_not_an_object_is_named(tmp_path):
+    _, folder = make_folder(tmp_path / "m")
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(WeightsError, match="holds a JSON list, not an object"):
+        lga_zoo.load(folder)
+
+
+def test_the_offline_hint_for_a_hub_model_names_a_command_that_fetches_it(tmp_path, monkeypatch, capsys):
+    from lga_zoo import cli
+
+    _, folder = make_folder(tmp_path / "m")
+    repo = "alice/my_model_lga"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    empty = str(tmp_path / "empty")
+    with pytest.raises(WeightsError, match=f"Run `lga-zoo download hf-hub:{repo}`"):
+        lga_zoo.load(f"hf-hub:{repo}", cache_dir=empty)
+    assert cli.main(["download", f"hf-hub:{repo}", "--cache-dir", empty]) == 2
+    assert "HF_HUB_OFFLINE=1" in capsys.readouterr().err  # not "unknown model"
+    lay_out_hf_cache(
+        tmp_path / "hf", repo, folder, COMMIT
+    )  # as a download where the Hub is reachable leaves it
+    assert cli.main(["download", f"hf-hub:{repo}", "--cache-dir", str(tmp_path / "hf")]) == 0
+    assert f"files in {tmp_path / 'hf'}" in capsys.readouterr().out
+    assert lga_zoo.load(f"hf-hub:{repo}", cache_dir=str(tmp_path / "hf")).entry is None

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import timm
@@ -54,8 +56,34 @@ def test_normalization_lives_inside_the_model():
 def test_wrap_reads_timm_pretrained_cfg_and_transforms():
     model = lga_zoo.wrap(timm.create_model("resnet18", num_classes=3))
     assert model.input_size == (3, 224, 224) and model.pretrained_cfg["crop_pct"] == 0.95
-    photo = Image.fromarray(np.zeros((300, 400, 3), np.uint8))
-    assert model.transforms()(photo).size == (224, 224)
+    photo = Image.fromarray(np.full((300, 400, 3), 255, np.uint8))
+    pixels = model.transforms()(photo)
+    assert pixels.shape == (3, 224, 224) and pixels.dtype == torch.float32
+    assert torch.equal(pixels, torch.ones_like(pixels))  # [0, 1], not normalized
+    # timm's own pipeline, fed the wrapper's data config, gives the wrapper its [0, 1] input; the
+    # backbone's normalization (applied inside) stays in backbone_cfg
+    data_config = timm.data.resolve_data_config({}, model=model)
+    assert data_config["mean"] == (0.0, 0.0, 0.0) and data_config["std"] == (1.0, 1.0, 1.0)
+    assert model.backbone_cfg["mean"] == pytest.approx(timm.data.IMAGENET_DEFAULT_MEAN)
+
+
+def test_timm_and_torchvision_pipelines_give_a_loaded_model_its_input():
+    """A published model through timm's resolve_data_config + create_transform, or through
+    model.transforms() as torchvision's weights.transforms() is used, gets the same pixels as
+    model.explain builds from the photo, and predicts the same."""
+    from timm.data import create_transform, resolve_data_config
+
+    from lga_zoo.inputs import to_batch
+
+    model = lga_zoo.load("resnet18_w16_cifar10_lga")
+    photo = Image.open(Path(__file__).parents[1] / "examples" / "cat.jpg").convert("RGB").resize((32, 32))
+    reference = to_batch(photo, model.input_size)
+    timm_input = create_transform(**resolve_data_config({}, model=model))(photo)[None]
+    torchvision_input = model.transforms()(photo)[None]
+    assert torch.allclose(timm_input, reference, atol=1e-6)
+    assert torch.allclose(torchvision_input, reference, atol=1e-6)
+    with torch.no_grad():
+        assert model(timm_input).argmax(1).item() == model(reference).argmax(1).item() == 3  # cat
 
 
 def test_imagenet100_folder_and_timm_transform(tmp_path):

@@ -98,6 +98,21 @@ def test_hubconf_has_one_documented_entry_per_model():
             assert ast.get_docstring(node) and get_entry(node.name).recipe in ast.get_docstring(node)
 
 
+def test_hubconf_docstrings_state_the_published_training_length():
+    """torch.hub.help shows these docstrings: a published model's says how long its last training run
+    was, as its config.json records it."""
+    tree = ast.parse((REPO / "hubconf.py").read_text())
+    for node in tree.body:
+        if (
+            isinstance(node, ast.FunctionDef)
+            and not node.name.startswith("_")
+            and get_entry(node.name).has_weights
+        ):
+            config = json.loads((REPO / "model_cards" / node.name / "config.json").read_text())
+            epochs = config["lga_zoo"]["training"]["epochs"]
+            assert f"{epochs} epoch" in ast.get_docstring(node), node.name
+
+
 def test_torch_hub_list_help_and_load_offline(tmp_path, monkeypatch):
     # torch.hub.list/help take a GitHub repo; lay this checkout out as its cached clone so that no
     # network is needed (a ref is given, validation skipped), as a user's second call would find it.
@@ -132,7 +147,7 @@ def test_published_files_hold_no_machine_paths():
     published += [REPO / "README.md", REPO / "lga_zoo" / "zoo.json"]
     for path in published:
         text = path.read_text()
-        for marker in ("/work/", "/root/", "/home/", "/tmp/", "C:\\\\"):
+        for marker in ("/work/", "/root/", "/home/", "/tmp/", "../shared/", "C:\\\\"):
             assert marker not in text, f"{path.relative_to(REPO)} holds a machine path ({marker})"
 
 

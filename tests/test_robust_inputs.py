@@ -234,6 +234,16 @@ def test_recorded_commands_hold_no_paths():
     assert _without_paths(argv) == ["m", "--data-dir", "DIR", "--out=OUT", "--n-images", "5"]
     argv = ["m", "--state", "/tmp/s", "--resume", "--max-minutes", "30", "--seed", "1", "--max-minutes=5"]
     assert _without_paths(argv) == ["m", "--state", "STATE", "--seed", "1"]
+    argv = ["/home/me/runs/mine", "--data-dir=/d", "--n-images", "5"]
+    assert _without_paths(argv, "/home/me/runs/mine") == ["MODEL_DIR", "--data-dir=DIR", "--n-images", "5"]
+
+
+def test_evaluate_takes_no_abbreviated_flags(capsys):
+    """An abbreviation (``--data`` for ``--data-dir``) would slip its path past the recorded command."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["evaluate", MODEL, "--data", "/home/me/data"])
+    assert exit_info.value.code == 2
+    assert "--data-dir" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -150,7 +150,11 @@ def test_finetune_from_our_folder_checks_architecture(tiny_cifar, tmp_path):
         tmp_path / "b",
         progress=False,
     )
-    assert json.loads((tuned / "config.json").read_text())["lga_zoo"]["regularizer"]["name"] == "hessian"
+    ours = json.loads((tuned / "config.json").read_text())["lga_zoo"]
+    assert ours["regularizer"]["name"] == "hessian"
+    # config.json is pushed to the Hub: the absolute init path is published by its name only
+    assert ours["recipe"]["init"] == ours["init"]["folder"] == folder.name
+    assert str(tmp_path) not in (tuned / "config.json").read_text()
     with pytest.raises(ValueError, match="holds a resnet18_w16_cifar"):
         train(
             tiny_recipe(epochs=1, architecture="resnet18_cifar", init=str(folder)),
