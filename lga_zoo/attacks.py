@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .state import keeps_model_state
+from .state import differentiates, keeps_model_state
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
@@ -41,6 +41,7 @@ def project(delta: Tensor, eps: float | Tensor, norm: str) -> Tensor:
     raise ValueError(f"norm={norm!r}; accepted: {NORMS}")
 
 
+@differentiates
 @keeps_model_state
 def pgd(
     model: nn.Module,
@@ -142,6 +143,7 @@ def _project_linf(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
 
 
+@differentiates
 @keeps_model_state
 def targeted_attribution_attack(
     model: nn.Module,
@@ -184,6 +186,7 @@ def targeted_attribution_attack(
     return x_adv.detach()
 
 
+@differentiates
 @keeps_model_state
 def topk_attack(
     model: nn.Module,

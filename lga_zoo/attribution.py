@@ -19,8 +19,10 @@ The raw signed attribution (B, C, H, W) stays in :attr:`Explanation.raw`.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Callable, Sequence
+import secrets
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,7 +34,7 @@ from .attacks import pgd
 from .explanation import Explanation
 from .inputs import InputError, to_batch
 from .stability import StabilitySettings, stability_scores
-from .state import preserved
+from .state import differentiates, gradients_on, preserved
 
 METHODS: dict[str, dict[str, Any]] = {
     "grad": {},
@@ -159,13 +161,31 @@ def resolve_target(target, predicted: Tensor, labels: Sequence[str] | None, num_
 
 
 def _baseline_tensor(baseline, x: Tensor) -> Tensor:
-    if isinstance(baseline, Tensor):
-        return baseline.to(x.device, x.dtype).expand_as(x)
-    if isinstance(baseline, (int, float)):
+    """The IG baseline as pixels like ``x``: a number, or a tensor of pixels in [0, 1] (a uint8 one
+    divided by 255, as inputs are) that broadcasts to the model-size batch ``x``."""
+    if _is_number(baseline):
         return torch.full_like(x, float(baseline))
-    raise ValueError(
-        f"baseline={baseline!r}: pass a float (e.g. 0.0 for black) or a tensor shaped like the input"
-    )
+    if not isinstance(baseline, Tensor):
+        raise ValueError(
+            f"baseline={baseline!r}: pass a float (e.g. 0.0 for black) or a tensor shaped like the input"
+        )
+    if baseline.dtype == torch.uint8:
+        baseline = baseline.float() / 255
+    elif not baseline.is_floating_point():
+        raise InputError(
+            f"a baseline tensor of dtype {baseline.dtype} is not accepted: use float pixels in [0, 1] or uint8"
+        )
+    if baseline.numel() and not (
+        torch.isfinite(baseline).all() and 0 <= baseline.min() and baseline.max() <= 1
+    ):
+        raise InputError("a baseline tensor must hold pixels in [0, 1], as the input does (do not normalize)")
+    try:
+        return baseline.to(x.device, x.dtype).expand_as(x)
+    except RuntimeError:
+        raise InputError(
+            f"a baseline tensor of shape {tuple(baseline.shape)} does not fit the model's input "
+            f"{tuple(x.shape)}: pass it at the model's input size, (C, H, W) or (B, C, H, W)"
+        ) from None
 
 
 def find_boundary_points(
@@ -199,7 +219,7 @@ def find_boundary_points(
         idx = found.nonzero().flatten()
         if len(idx):
             x_f, direction, y_f = x[idx], points[idx] - x[idx], labels[idx]
-            ts = torch.linspace(0, 1, line_points + 1, device=x.device)[1:]
+            ts = torch.linspace(0, 1, line_points + 1, device=x.device, dtype=x.dtype)[1:]
             flips = torch.stack([model(x_f + t * direction).argmax(1) != y_f for t in ts], 1)
             first = flips.float().argmax(1)  # the last point (t = 1) flips, so one exists
             hi = ts[first]
@@ -214,6 +234,7 @@ def find_boundary_points(
     return points.detach(), distances, found
 
 
+@differentiates
 def attribute(
     model: nn.Module | Callable[[Tensor], Tensor],
     x: Tensor,
@@ -239,10 +260,12 @@ def attribute(
             internal_batch_size=settings["internal_batch_size"],
         )
     elif method == "smoothgrad":
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            if settings["seed"] is not None:
-                torch.manual_seed(settings["seed"])
-            raw = NoiseTunnel(Saliency(model)).attribute(
+        # captum draws the noise from the global generator of x's device: seeded here (a fresh seed
+        # for seed=None) inside a fork, so the caller's random state is left as it was; the noisy
+        # copies are cast back to the model's dtype (captum's noise is float32).
+        seed = settings["seed"] if settings["seed"] is not None else secrets.randbits(63)
+        with _seeded_generator_of(x.device, seed):
+            raw = NoiseTunnel(Saliency(_InDtype(model, x.dtype))).attribute(
                 x,
                 nt_type="smoothgrad",
                 nt_samples=settings["samples"],
@@ -267,6 +290,31 @@ def attribute(
     else:  # resolve_method guards this
         raise ValueError(method)
     return raw.detach(), extras
+
+
+@contextlib.contextmanager
+def _seeded_generator_of(device: torch.device, seed: int) -> Iterator[None]:
+    """The default generator of ``device`` (the CPU's, or that CUDA device's) seeded with ``seed``
+    for the block and restored after; no other generator is touched (``torch.manual_seed`` would
+    seed every device's, and queue a seed for CUDA not yet initialized)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        else:
+            torch.random.default_generator.manual_seed(seed)
+        yield
+
+
+class _InDtype:
+    """The model called on inputs cast to ``dtype`` (a half-precision model under captum's float32
+    noise)."""
+
+    def __init__(self, model, dtype: torch.dtype):
+        self.model, self.dtype = model, dtype
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.model(x.to(self.dtype))
 
 
 def _model_batch(model: nn.Module, inputs) -> Tensor:
@@ -333,13 +381,14 @@ def explain(
     exactly as it was (modes, requires_grad, buffers, hooks).
     """
     method, settings = resolve_method(method, method_kwargs)
+    gradients_on("explain")  # refuses torch.inference_mode() before any work
     stability_settings = StabilitySettings.from_option(stability) if stability is not False else None
     if normalize not in NORMALIZATIONS:
         normalize_attribution(torch.zeros(1, 1, 1, 1), normalize)  # raises with the accepted values
     x = _model_batch(model, inputs)
     labels = getattr(model, "labels", None)
     num_classes = _known_num_classes(model)
-    with preserved(model):
+    with preserved(model), gradients_on("explain"):
         if method in SINGLE_PASS_METHODS and target is not None and num_classes is not None:
             # The target is known before the attribution: reuse the forward captum runs for the
             # probabilities instead of a separate forward pass.

@@ -135,7 +135,18 @@ def _own_model_hint(entry: ZooEntry) -> str:
     )
 
 
-def _evaluation_section(results: dict[str, Any] | None) -> str:
+def _attack_activation(results: dict[str, Any], entry: ZooEntry) -> str:
+    """As the results record it, else (results from before the record) from the model's activation:
+    ``softplus_beta`` only replaces ReLUs."""
+    if results.get("attack_activation"):
+        return results["attack_activation"]
+    beta = results.get("settings", {}).get("softplus_beta", 20.0)
+    if entry.activation == "relu":
+        return f"ReLU swapped for Softplus(beta={beta:g})"
+    return f"the model's own Softplus(beta={entry.softplus_beta:g})"
+
+
+def _evaluation_section(results: dict[str, Any] | None, entry: ZooEntry) -> str:
     if not results:
         return "Not evaluated yet: run `lga-zoo evaluate NAME --data-dir DIR`, then `lga-zoo card NAME`.\n"
     data = results["data"]
@@ -159,6 +170,7 @@ def _evaluation_section(results: dict[str, Any] | None) -> str:
         "",
         "Attribution robustness: similarity of the map at x and at the perturbed x' (mean and 95% interval).",
         f"Settings: {', '.join(f'{k}={v}' for k, v in settings.items())}.",
+        f"The attacks differentiate the model with {_attack_activation(results, entry)}.",
         "",
         "| method | perturbation | " + " | ".join(METRIC_NAMES[m] for m in CARD_METRICS) + " |",
         "|---|---|" + "---|" * len(CARD_METRICS),
@@ -399,7 +411,7 @@ Classes: {", ".join(entry.classes)}.
 
 {trained}{note}## Evaluation
 
-{_evaluation_section(results)}
+{_evaluation_section(results, entry)}
 {comparison_section(entry, {**(family_results or {}), **({entry.name: results} if results else {})}, config)}## Limitations
 
 - Trained and evaluated on {data_name} only: {entry.input_size[1]}x{entry.input_size[2]} images of {len(entry.classes)} classes.

@@ -11,18 +11,18 @@ from pathlib import Path
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from .attribution import METHODS, resolve_method
     from .hub import load
     from .inputs import open_image
 
+    kwargs = {} if args.steps is None else {"steps": args.steps}
+    if kwargs and "steps" not in METHODS[resolve_method(args.method, {})[0]]:  # aliases resolved
+        stepped = sorted(name for name, defaults in METHODS.items() if "steps" in defaults)
+        raise ValueError(f"--steps applies to the methods {stepped} (and their aliases), not {args.method!r}")
     model = load(args.model, device=args.device)
     out = Path(args.out)
     to_dir = len(args.images) > 1 or out.suffix.lower() != ".png"
     target = int(args.target) if args.target and args.target.isdigit() else args.target
-    kwargs = (
-        {"steps": args.steps}
-        if args.steps is not None and args.method in ("ig", "integrated_gradients", "boundary")
-        else {}
-    )
     stability = {"seed": args.seed} if args.stability else False
     for image_path in args.images:
         image = open_image(image_path)
@@ -556,7 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--attack-steps", type=_positive_int, default=100)
     p.add_argument("--random-draws", type=_positive_int, default=5)
-    p.add_argument("--softplus-beta", type=float, default=20.0, help="Softplus beta used during the attacks")
+    p.add_argument(
+        "--softplus-beta",
+        type=_positive_float,
+        default=20.0,
+        help="Softplus beta replacing ReLU during the attacks",
+    )
     p.add_argument(
         "--attack-map",
         default="same",

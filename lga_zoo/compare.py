@@ -19,7 +19,7 @@ from .attacks import DIFFERENTIABLE_METHODS, random_perturbation, targeted_attri
 from .attribution import _model_batch, attribute, normalize_attribution, resolve_method
 from .metrics import topk_intersection
 from .models import softplus_activations
-from .state import preserved
+from .state import gradients_on, preserved
 
 COMPARE_ATTACKS = ("targeted", "topk", "noise")
 
@@ -185,7 +185,9 @@ def compare(
         raise ValueError(f"eps={eps!r} must be a number in (0, 1] (pixel units, e.g. 4/255)")
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 1:
         raise ValueError(f"k={k!r} must be the top-k fraction of the pixels, in (0, 1]")
+    k = float(k)  # a fraction: k=1 is all pixels, not a count of one
     method, method_settings = resolve_method(method, method_kwargs)
+    gradients_on("compare")  # refuses torch.inference_mode() before any model is loaded
     rows, picture = [], None
     for name, model in _load_models(models):
         row, x = _compare_one(name, model, image, method, method_settings, attack, eps, steps, seed, k)

@@ -63,9 +63,19 @@ def cache_root() -> Path:
 
 
 def _source_key(path: Path) -> str:
+    """The decoded-data cache's key of ``path``: an archive by its size and time, a folder by every
+    file below it (name, size, time), so that a file replaced inside the folder, which leaves the
+    folder's own time as it was, is decoded again."""
     stat = path.stat()
     text = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(text.encode())
+    if path.is_dir():
+        for member in sorted(p for p in path.rglob("*") if p.is_file()):
+            member_stat = member.stat()
+            digest.update(
+                f"|{member.relative_to(path)}|{member_stat.st_size}|{member_stat.st_mtime_ns}".encode()
+            )
+    return digest.hexdigest()[:16]
 
 
 def _find_cifar_source(data_dir: Path) -> tuple[str, Path]:
@@ -344,8 +354,11 @@ class TensorBatches:
         else:
             order = torch.arange(n)
         if self.world_size > 1:
-            per_rank = n // self.world_size
-            order = order[self.rank :: self.world_size][:per_rank]
+            # every rank the same number of training steps (DDP's collectives); an evaluation split
+            # (drop_last False) is shared out whole: its counts are summed across the ranks
+            order = order[self.rank :: self.world_size]
+            if self.drop_last:
+                order = order[: n // self.world_size]
         return order
 
     def __len__(self) -> int:

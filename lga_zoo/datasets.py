@@ -46,6 +46,21 @@ def folder_classes(data_dir: Path, split: str = "train") -> tuple[str, ...]:
     return classes
 
 
+def check_classes(data_dir: Path, eval_split: str, classes: tuple[str, ...]) -> None:
+    """A folder data set needs two classes or more, and its evaluation split no class the model
+    lacks (its images would be left out without a word)."""
+    if len(classes) < 2:
+        raise DataError(
+            f"{str(data_dir)!r} holds {len(classes)} class folder(s) {list(classes)}: a classifier needs two or more"
+        )
+    extra = sorted(set(folder_classes(data_dir, eval_split)) - set(classes))
+    if extra:
+        raise DataError(
+            f"{str(data_dir / eval_split)!r} has class folders {extra} that the training classes "
+            f"{list(classes)[:10]} lack; remove them, or add them to 'train/'"
+        )
+
+
 def eval_split_name(data_dir: Path) -> str:
     """``val`` when the folder has one, else ``test``."""
     for split in ("val", "test"):
@@ -61,7 +76,14 @@ class ImageFiles(torch.utils.data.Dataset):
     applied to the RGB PIL image. Unreadable files are reported by path (once) and replaced by the
     next readable file of the list."""
 
-    def __init__(self, root: Path, classes: tuple[str, ...], transform=None, seed: int | None = None):
+    def __init__(
+        self,
+        root: Path,
+        classes: tuple[str, ...],
+        transform=None,
+        seed: int | None = None,
+        every_class: bool = False,
+    ):
         self.root, self.classes, self.transform = root, classes, transform
         # With a seed, the random transform of sample i in epoch e draws from a generator seeded by
         # (seed, e, i) alone: the same augmentation whatever the worker, the batch or a resume.
@@ -72,11 +94,17 @@ class ImageFiles(torch.utils.data.Dataset):
             class_dir = root / name
             if not class_dir.is_dir():
                 raise DataError(f"class folder {str(class_dir)!r} is missing; expected one folder per class")
-            self.samples += [
+            found = [
                 (p, label)
                 for p in sorted(class_dir.iterdir())
                 if p.suffix.lower() in suffixes and p.is_file()
             ]
+            if every_class and not found:
+                raise DataError(
+                    f"class folder {str(class_dir)!r} holds no images ({', '.join(suffixes)}); "
+                    "every training class needs some, or remove the folder"
+                )
+            self.samples += found
         if not self.samples:
             raise DataError(f"no images ({', '.join(suffixes)}) under {str(root)!r}")
         self.reported: set[Path] = set()
@@ -148,8 +176,10 @@ class FolderBatches:
             if self.shuffle
             else torch.arange(n)
         )
-        if self.world_size > 1:
-            order = order[self.rank :: self.world_size][: n // self.world_size]
+        if self.world_size > 1:  # as TensorBatches: a whole evaluation split, equal training shards
+            order = order[self.rank :: self.world_size]
+            if self.drop_last:
+                order = order[: n // self.world_size]
         batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
@@ -234,9 +264,11 @@ def prepare_data(
     else:
         classes = folder_classes(root)
     eval_split = eval_split_name(root)
+    if recipe.dataset == "folder":  # ImageNet-100 is a subset of the folders by design
+        check_classes(root, eval_split, classes)
     data_config = resolve_input(recipe, backbone_cfg)
     train_transform, eval_transform = timm_transforms(data_config)
-    train_files = ImageFiles(root / "train", classes, train_transform, seed=recipe.seed)
+    train_files = ImageFiles(root / "train", classes, train_transform, seed=recipe.seed, every_class=True)
     if recipe.max_train_images:
         keep = torch.randperm(len(train_files), generator=torch.Generator().manual_seed(recipe.seed))
         train_files.samples = [train_files.samples[i] for i in keep[: recipe.max_train_images].tolist()]
@@ -320,6 +352,8 @@ def eval_arrays(model, data_dir: str | os.PathLike, split: str | None, dataset: 
     root = Path(data_dir).expanduser()
     split = split or eval_split_name(root)
     classes = tuple(model.labels) if model.labels else folder_classes(root, split)
+    if dataset == "folder":
+        check_classes(root, split, classes)
     files = ImageFiles(root / split, classes)
     transform = resize_transform(model.input_size[1:], model.interpolation, model.crop_pct)
     images, labels = [], []

@@ -45,7 +45,7 @@ from .data import ImageArrays
 from .eval_state import Measured, evaluation_fingerprint, load_state, save_state
 from .fused_softplus import fused_softplus_activations
 from .metrics import SIMILARITIES, similarities
-from .models import softplus_activations
+from .models import attack_activation, softplus_activations
 from .precision import use_bf16
 from .state import preserved
 
@@ -93,6 +93,11 @@ class EvalSettings:
             raise ValueError(f"n_slow={self.n_slow!r} must be None or an integer >= 1")
         if self.attack_amp not in ("none", "bf16"):
             raise ValueError(f"attack_amp={self.attack_amp!r}; accepted: 'none', 'bf16'")
+        beta = self.softplus_beta
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < math.inf:
+            raise ValueError(
+                f"softplus_beta={beta!r} must be a positive number (the attacks' Softplus for ReLU)"
+            )
         if self.attack_map not in ("same", "grad"):
             raise ValueError(f"attack_map={self.attack_map!r}; accepted: 'same', 'grad'")
         for method in self.methods:
@@ -544,6 +549,8 @@ def run_evaluation(
             # how this call ran the model (the same function either way; a resumed state's earlier
             # batches may have run otherwise)
             "execution": {"fused_softplus": fused_softplus, "fold_batchnorm": fold_batchnorm},
+            # softplus_beta applies to ReLUs only: what the attacks really differentiated
+            "attack_activation": attack_activation(model, settings.softplus_beta),
             "command": command or " ".join(["lga-zoo", *sys.argv[1:]]),
         }
 

@@ -207,8 +207,8 @@ def to_batch(
             raise InputError(
                 f"tensor dtype {batch.dtype} is not accepted: use float pixels in [0, 1] or uint8"
             )
-        else:
-            batch = batch.float()
+        else:  # float64 stays float64 (for a float64 model); a copy, never the caller's tensor
+            batch = batch.float() if batch.dtype in (torch.float16, torch.bfloat16) else batch.clone()
     elif isinstance(inputs, (list, tuple)):
         if len(inputs) == 0:
             raise InputError(f"the list of images is empty; accepted: {ACCEPTED}")

@@ -112,6 +112,18 @@ def softplus_activations(module: nn.Module, beta: float = 20.0) -> Iterator[nn.M
         yield module
 
 
+def attack_activation(module: nn.Module, beta: float) -> str:
+    """What the attacks differentiate when they run ``module`` under
+    ``softplus_activations(module, beta)``: its ReLUs as Softplus(beta), and its own Softplus."""
+    parts = []
+    if any(isinstance(m, nn.ReLU) for m in module.modules()):
+        parts.append(f"ReLU swapped for Softplus(beta={beta:g})")
+    own = sorted({float(m.beta) for m in module.modules() if isinstance(m, nn.Softplus)})
+    if own:
+        parts.append("the model's own " + ", ".join(f"Softplus(beta={b:g})" for b in own))
+    return " and ".join(parts) or "no ReLU or Softplus (the model's own activations)"
+
+
 def create_backbone(
     architecture: str,
     num_classes: int,

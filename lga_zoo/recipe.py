@@ -171,8 +171,13 @@ class Recipe:
         _check_number("optimizer.lr", opt.get("lr"), low=0)
         _check_number("optimizer.weight_decay", opt.get("weight_decay", 0.0), low=0)
         if opt["name"] == "sgd":
-            _check_number("optimizer.momentum", opt.get("momentum", 0.9), low=0)
+            momentum = opt.get("momentum", 0.9)
+            _check_number("optimizer.momentum", momentum, low=0)
+            if momentum >= 1:
+                raise RecipeError(f"optimizer.momentum={momentum!r} must be in [0, 1), e.g. 0.9")
             _check_bool("optimizer.nesterov", opt.get("nesterov", False))
+            if opt.get("nesterov") and momentum == 0:
+                raise RecipeError("optimizer.nesterov: true needs optimizer.momentum > 0")
         else:
             betas = opt.get("betas", [0.9, 0.999])
             if (
@@ -192,16 +197,31 @@ class Recipe:
             ["milestones", "gamma"] if sched["name"] == "steps" else ["min_lr"]
         )
         _check_keys("schedule.", sched, allowed)
-        _check_number("schedule.warmup_epochs", sched.get("warmup_epochs", 0), low=0)
+        warmup = sched.get("warmup_epochs", 0)
+        _check_number("schedule.warmup_epochs", warmup, low=0)
+        if warmup >= self.epochs:
+            raise RecipeError(f"schedule.warmup_epochs={warmup!r} must be fewer than epochs={self.epochs}")
         if sched["name"] == "steps":
             milestones = sched.get("milestones")
-            if not isinstance(milestones, list) or not all(isinstance(m, int) and m > 0 for m in milestones):
+            if (
+                not isinstance(milestones, list)
+                or not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in milestones)
+                or milestones != sorted(set(milestones))
+            ):
                 raise RecipeError(
-                    f"schedule.milestones={milestones!r} must be a list of positive epoch numbers"
+                    f"schedule.milestones={milestones!r} must be a rising list of positive epoch numbers"
                 )
-            _check_number("schedule.gamma", sched.get("gamma", 0.1), low=0)
+            gamma = sched.get("gamma", 0.1)
+            _check_number("schedule.gamma", gamma, low=0)
+            if gamma == 0:
+                raise RecipeError("schedule.gamma=0 would stop training at the first milestone: use e.g. 0.1")
         else:
-            _check_number("schedule.min_lr", sched.get("min_lr", 0.0), low=0)
+            min_lr = sched.get("min_lr", 0.0)
+            _check_number("schedule.min_lr", min_lr, low=0)
+            if min_lr > opt["lr"]:
+                raise RecipeError(
+                    f"schedule.min_lr={min_lr!r} is above optimizer.lr={opt['lr']!r}: the schedule decays to it"
+                )
 
         reg = dict(self.regularizer)
         _check_choice("regularizer.name", reg.get("name"), REGULARIZERS)
@@ -209,6 +229,8 @@ class Recipe:
         for key in ("eps", "lambda_l2", "lambda_cos", "lam", "fd_step"):
             if key in reg:
                 _check_number(f"regularizer.{key}", reg[key], low=0)
+        if reg.get("fd_step") == 0:
+            raise RecipeError("regularizer.fd_step=0 must be > 0 (the finite-difference step, e.g. 0.01)")
         if "eps" in reg and reg["eps"] > 1:
             raise RecipeError(
                 f"regularizer.eps={reg['eps']} is in pixel units and must be <= 1 (CIFAR-10: 4/255)"

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .attacks import DIFFERENTIABLE_METHODS, random_perturbation, targeted_attribution_attack
 from .metrics import topk_intersection
-from .models import softplus_activations
+from .models import attack_activation, softplus_activations
 
 # Methods whose own map the stability attack differentiates; the others are attacked through the
 # gradient map (their own maps need sampling or a boundary search, which an attack cannot follow).
@@ -58,6 +58,7 @@ class StabilitySettings:
                 raise ValueError(f"stability {name}={value!r} must be an integer >= 1")
         if isinstance(self.k, bool) or not isinstance(self.k, (int, float)) or not 0 < self.k <= 1:
             raise ValueError(f"stability k={self.k!r} must be a fraction of the pixels in (0, 1]")
+        object.__setattr__(self, "k", float(self.k))  # k=1 is all pixels, not a count of one
         if isinstance(self.softplus_beta, bool) or not isinstance(self.softplus_beta, (int, float)):
             raise ValueError(f"stability softplus_beta={self.softplus_beta!r} must be a positive number")
         if self.softplus_beta <= 0:
@@ -113,5 +114,10 @@ def stability_scores(
         "noise": torch.stack(noise_scores).mean(0).float().cpu(),
         "attack": attack_score.float().cpu(),
     }
-    recorded = {**asdict(settings), "attack": "targeted", "attacked_map": attacked_method}
+    recorded = {
+        **asdict(settings),
+        "attack": "targeted",
+        "attacked_map": attacked_method,
+        "attack_activation": attack_activation(model, settings.softplus_beta),
+    }
     return scores, recorded

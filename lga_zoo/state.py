@@ -111,3 +111,26 @@ def keeps_model_state(function):
             return function(model, *args, **kwargs)
 
     return wrapper
+
+
+def gradients_on(what: str) -> contextlib.AbstractContextManager:
+    """Gradients on for a block that differentiates a model, also under a caller's
+    ``torch.no_grad()`` (as captum does); under ``torch.inference_mode()``, whose tensors cannot take
+    gradients, a clear error naming ``what`` instead."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{what} differentiates the model, which torch.inference_mode() forbids; call it outside "
+            "that block (inside torch.no_grad() is fine)"
+        )
+    return torch.enable_grad()
+
+
+def differentiates(function):
+    """Decorator: the call runs inside :func:`gradients_on` (named by the function)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with gradients_on(function.__name__):
+            return function(*args, **kwargs)
+
+    return wrapper

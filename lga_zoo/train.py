@@ -30,7 +30,14 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .datasets import TrainingData, dataset_classes, prepare_data
-from .folder import build_config, remove_stale_temporaries, write_model_folder
+from .folder import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    atomic_write_text,
+    build_config,
+    remove_stale_temporaries,
+    write_model_folder,
+)
 from .fused_softplus import fuse_softplus
 from .models import ExplainableClassifier, create_backbone
 from .precision import use_bf16
@@ -213,6 +220,14 @@ def _check_same_recipe(saved: dict, current: dict, ckpt_path: Path) -> None:
             f"cannot resume {ckpt_path}: the recipe changed ({detail}). "
             "Use a new --out folder, or restore the recipe."
         )
+    schedule = saved.get("schedule", {}).get("name")
+    if current.get("epochs", 0) > saved.get("epochs", 0) and schedule != "steps":
+        raise ValueError(
+            f"cannot resume {ckpt_path} with epochs {saved.get('epochs')} -> {current.get('epochs')}: the "
+            f"{schedule} schedule's learning rates depend on the number of epochs, so the longer run would "
+            "follow no recipe's schedule (a step schedule may grow). Train more epochs as a new run "
+            "from this one (init: its folder), or restore the recipe's epochs."
+        )
 
 
 def _rank_world() -> tuple[int, int, int]:
@@ -232,6 +247,9 @@ def evaluate_accuracy(
     """Top-1 accuracy over ``batches`` (summed over DDP ranks when ``world_size`` > 1)."""
     was_training = model.training
     model.eval()
+    if world_size > 1:  # every rank measures the model rank 0 saves: its BatchNorm statistics
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
     correct = torch.zeros((), device=device)
     count = torch.zeros((), device=device)
     for x, y in batches:
@@ -285,12 +303,21 @@ def amp_dtype_for(recipe: Recipe, device: torch.device) -> torch.dtype | None:
 
 
 def _guard_existing_run(out: Path, resume: bool) -> None:
-    """Refuse to start a fresh run over a folder that holds one: its checkpoint would be overwritten."""
+    """Refuse to start a fresh run over a folder that holds a run or a model: its checkpoint, or its
+    weights and config.json (a trained or published model folder), would be overwritten."""
     ckpt_path = out / CHECKPOINT_NAME
-    if resume or not ckpt_path.is_file():
+    if resume and ckpt_path.is_file():
         return
+    held = [name for name in (CHECKPOINT_NAME, WEIGHTS_NAME, CONFIG_NAME) if (out / name).is_file()]
+    if not held:
+        return
+    how = (
+        f"there is no {CHECKPOINT_NAME} to resume from"
+        if resume
+        else "pass --resume to continue a run from its checkpoint"
+    )
     raise FileExistsError(
-        f"{out} already holds a training run ({ckpt_path}); pass --resume to continue it, "
+        f"{out} already holds {', '.join(held)}, which a fresh run would overwrite; {how}, "
         "--overwrite to start afresh, or choose a new --out folder"
     )
 
@@ -582,6 +609,13 @@ def train(
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)  # "cuda": each torchrun process its LOCAL_RANK's GPU
+    elif device.type == "cuda" and world_size > 1 and device.index != local_rank:
+        raise ValueError(
+            f"--device {device} under torchrun would put every process on one GPU; pass --device cuda "
+            "(or none): each process takes the GPU of its LOCAL_RANK"
+        )
     if not overwrite:
         _guard_existing_run(out, resume)
     if world_size > 1 and not dist.is_initialized():
@@ -622,6 +656,8 @@ def train(
             return out
     elif resume and is_main:
         print(f"--resume: no checkpoint at {ckpt_path}; starting from epoch 0", file=sys.stderr)
+    if is_main:
+        _keep_log_until(out / LOG_NAME, start_epoch)
 
     progress_log = ProgressLog(
         out / PROGRESS_NAME if is_main else None, recipe.epochs * steps_per_epoch, progress_seconds
@@ -673,12 +709,12 @@ def train(
         if (epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs:
             test_acc = evaluate_accuracy(run.model, data.test, device, run.channels_last, world_size)
             record["test_acc"] = test_acc
-        save_checkpoint(run, ckpt_path, epoch + 1, 0, EpochTally())
-        last_save = time.time()
-        if is_main:
+        if is_main:  # the record first: a resume drops it again if the checkpoint below is not written
             with open(out / LOG_NAME, "a") as log:
                 log.write(json.dumps(record) + "\n")
             print(json.dumps(record), file=sys.stderr if progress else sys.stdout)
+        save_checkpoint(run, ckpt_path, epoch + 1, 0, EpochTally())
+        last_save = time.time()
 
     if is_main:
         write_trained_folder(
@@ -687,6 +723,17 @@ def train(
     if world_size > 1:
         dist.barrier()
     return out
+
+
+def _keep_log_until(log_path: Path, epochs_done: int) -> None:
+    """Drop the records of ``log_path`` past ``epochs_done`` (the checkpoint's): an epoch logged just
+    before a kill that came before its checkpoint is trained, and logged, again."""
+    if not log_path.is_file():
+        return
+    lines = log_path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) <= epochs_done]
+    if len(kept) != len(lines):
+        atomic_write_text(log_path, "".join(kept))
 
 
 def _load_checkpoint(ckpt_path: Path, device: torch.device) -> dict:

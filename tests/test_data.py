@@ -29,6 +29,24 @@ def test_image_folder_layout(tiny_cifar):
     assert np.array_equal(again.images, train.images) and np.array_equal(again.labels, train.labels)
 
 
+def test_a_file_replaced_inside_the_data_folder_is_decoded_again(tiny_cifar, tmp_path):
+    """Rewriting an image in place leaves its folder's time as it was: the cache must still see it."""
+    import os
+    import shutil
+
+    from PIL import Image
+
+    data = shutil.copytree(tiny_cifar, tmp_path / "cifar")
+    before = load_cifar10(data, "test")
+    folder_times = [(d, d.stat().st_mtime_ns) for d in (data, data / "test", data / "test" / "airplane")]
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(data / "test" / "airplane" / "0000.png")
+    for folder, time_ns in folder_times:
+        os.utime(folder, ns=(time_ns, time_ns))
+    after = load_cifar10(data, "test")
+    changed = [i for i in range(len(after.labels)) if not np.array_equal(after.images[i], before.images[i])]
+    assert len(changed) == 1 and (after.images[changed[0]] == 7).all()
+
+
 def test_archive_and_batches_layouts_agree(tiny_cifar, tmp_path):
     archive = tmp_path / "cifar10-jpeg.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -262,3 +263,25 @@ def test_resuming_a_finished_run_keeps_its_folder(tiny_cifar, tmp_path):
     assert (tmp_path / "README.md").read_text() == "a card with evaluation results"
     with pytest.raises(ValueError, match="trained 2 epochs, more than the 1 asked for"):
         train(recipe(1), tiny_cifar, tmp_path, resume=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: [p.unlink() for p in (d / "train" / "automobile").iterdir()], "holds no images"),
+        (lambda d: (d / "val" / "bus").mkdir(), r"class folders \['bus'\] that the training classes"),
+        (
+            lambda d: [shutil.rmtree(d / split / "automobile") for split in ("train", "val")],
+            r"holds 1 class folder\(s\) \['airplane'\]: a classifier needs two or more",
+        ),
+    ],
+)
+def test_a_folder_data_set_that_cannot_train_a_classifier_is_named(tmp_path, damage, message):
+    data = write_two_class_folder(tmp_path / "data", train=2, val=1)
+    damage(data)
+    from lga_zoo.data import DataError
+    from lga_zoo.datasets import prepare_data
+
+    recipe = recipe_from_dict({**RECIPE, "batch_size": 2})
+    with pytest.raises(DataError, match=message):
+        prepare_data(recipe, data, build_backbone(recipe, 2).pretrained_cfg)

@@ -217,7 +217,13 @@ def test_bf16_attacks_fall_back_to_fp32_on_a_cpu_without_native_bf16(native, tin
 
 @pytest.mark.parametrize(
     "flag, value, message",
-    [("--eps", "4/0", "4/0"), ("--n-images", "0", "at least 1"), ("--batch-size", "0", "at least 1")],
+    [
+        ("--eps", "4/0", "4/0"),
+        ("--n-images", "0", "at least 1"),
+        ("--batch-size", "0", "at least 1"),
+        ("--softplus-beta", "0", "0 must be a positive number"),
+        ("--softplus-beta", "-5", "-5 must be a positive number"),
+    ],
 )
 def test_bad_evaluation_arguments_exit_2(flag, value, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

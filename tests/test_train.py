@@ -71,6 +71,17 @@ def test_a_recipe_that_starts_from_a_run_folder_ships_the_stage_recipe_that_make
         ({"cutout": 33}, "cutout=33 is the side of a square in pixels: 0 .none. to 32"),
         ({"cutout": 8.5}, "cutout=8.5 must be an integer"),
         ({"cutout": 8, "dataset": "folder"}, "cutout=8 applies to dataset: cifar10 only"),
+        (
+            {"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 5}},
+            r"optimizer.momentum=5 must be in \[0, 1\)",
+        ),
+        ({"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0, "nesterov": True}}, "nesterov: true needs"),
+        ({"regularizer": {"name": "hessian", "lam": 1e-4, "fd_step": 0}}, "fd_step=0 must be > 0"),
+        ({"schedule": {"name": "cosine", "min_lr": 1.0}}, "min_lr=1.0 is above optimizer.lr=0.05"),
+        ({"schedule": {"name": "cosine", "warmup_epochs": 2}}, "warmup_epochs=2 must be fewer than epochs=2"),
+        ({"schedule": {"name": "steps", "milestones": [True]}}, "rising list of positive epoch numbers"),
+        ({"schedule": {"name": "steps", "milestones": [6, 3]}}, "rising list"),
+        ({"schedule": {"name": "steps", "milestones": [3], "gamma": 0}}, "gamma=0 would stop training"),
     ],
 )
 def test_bad_recipes_name_the_key(change, message):
@@ -191,7 +202,14 @@ def test_cli_train_and_torchrun_ddp_two_processes(tiny_cifar, tmp_path):
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["lga_zoo"]["training"]["world_size"] == 2
     log = json.loads((tmp_path / "ddp" / "log.jsonl").read_text().splitlines()[-1])
-    assert 0.0 <= log["test_acc"] <= 1.0
+    # the logged accuracy is the saved model's (rank 0's BatchNorm statistics) on the whole test split
+    from lga_zoo.data import load_cifar10
+
+    test = load_cifar10(tiny_cifar, "test")
+    saved = load_model_folder(tmp_path / "ddp")
+    with torch.no_grad():
+        predicted = saved(torch.from_numpy(test.images).permute(0, 3, 1, 2).float() / 255).argmax(1)
+    assert log["test_acc"] == pytest.approx((predicted.numpy() == test.labels).mean(), abs=1e-6)
     # The single-process CLI path, and its error message for a bad recipe.
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**raw, "epoch": 1}))
@@ -258,6 +276,72 @@ def test_a_fresh_run_never_overwrites_a_checkpoint(tiny_cifar, tmp_path):
         train(tiny_recipe(epochs=1), tiny_cifar, tmp_path, progress=False)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 1
+    # a model folder without a checkpoint (published, or its checkpoint deleted) is refused as well
+    (tmp_path / "checkpoint.pt").unlink()
+    weights = (tmp_path / "model.safetensors").read_bytes()
+    for resume in (False, True):
+        with pytest.raises(FileExistsError, match="model.safetensors, config.json, which a fresh run"):
+            train(tiny_recipe(epochs=1), tiny_cifar, tmp_path, progress=False, resume=resume)
+    assert (tmp_path / "model.safetensors").read_bytes() == weights
+
+
+def test_an_epoch_logged_before_a_kill_is_logged_once(tiny_cifar, tmp_path, monkeypatch):
+    """The epoch record is written before the epoch's checkpoint; a kill between the two leaves a
+    record the resumed run drops and writes again, so every epoch is logged exactly once."""
+    import lga_zoo.train as train_module
+
+    real_save = train_module.save_checkpoint
+
+    def die_at_the_end_of_epoch_one(run, path, epochs_done, step_in_epoch, tally):
+        if (epochs_done, step_in_epoch) == (1, 0):
+            monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+            raise KeyboardInterrupt("killed before the epoch's checkpoint")
+        real_save(run, path, epochs_done, step_in_epoch, tally)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", die_at_the_end_of_epoch_one)
+    plain = tiny_recipe(regularizer={"name": "none"})
+    with pytest.raises(KeyboardInterrupt):
+        train(plain, tiny_cifar, tmp_path, progress=False, checkpoint_seconds=0)
+    logged = [json.loads(line)["epoch"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert logged == [1]  # the record made it, the checkpoint did not
+    train(plain, tiny_cifar, tmp_path, progress=False, resume=True, checkpoint_seconds=0)
+    logged = [json.loads(line)["epoch"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2]
+
+
+def test_resume_refuses_more_epochs_of_a_cosine_schedule(tiny_cifar, tmp_path):
+    """The cosine schedule's learning rates depend on the number of epochs: a longer resumed run
+    would follow no recipe; a step schedule may grow."""
+    plain = {"regularizer": {"name": "none"}}
+    train(tiny_recipe(epochs=1, **plain), tiny_cifar, tmp_path / "cosine", progress=False)
+    with pytest.raises(ValueError, match="epochs 1 -> 2: the cosine schedule's learning rates depend"):
+        train(tiny_recipe(epochs=2, **plain), tiny_cifar, tmp_path / "cosine", progress=False, resume=True)
+    steps = {"name": "steps", "milestones": [1], "gamma": 0.1}
+    train(tiny_recipe(epochs=1, schedule=steps, **plain), tiny_cifar, tmp_path / "steps", progress=False)
+    grown = tiny_recipe(epochs=2, schedule=steps, **plain)
+    train(grown, tiny_cifar, tmp_path / "steps", progress=False, resume=True)
+    logged = (tmp_path / "steps" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in logged] == [1, 2]
+
+
+def test_device_cuda_takes_the_gpu_of_the_local_rank(tiny_cifar, tmp_path, monkeypatch):
+    """--device cuda (no index) is each process's LOCAL_RANK GPU; an index other than it under
+    torchrun is refused (every process would share one GPU)."""
+    import lga_zoo.train as train_module
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.append(device) or _stop())
+    monkeypatch.setattr(train_module, "_rank_world", lambda: (1, 2, 1))
+    monkeypatch.setattr(train_module.dist, "is_initialized", lambda: True)
+
+    def _stop():
+        raise KeyboardInterrupt("stop before any CUDA work")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_recipe(), tiny_cifar, tmp_path / "a", progress=False, device="cuda")
+    assert chosen == [torch.device("cuda", 1)]
+    with pytest.raises(ValueError, match="every process on one GPU"):
+        train(tiny_recipe(), tiny_cifar, tmp_path / "b", progress=False, device="cuda:0")
 
 
 def test_progress_log_and_bf16_autocast_on_the_cpu(tiny_cifar, tmp_path, monkeypatch):
