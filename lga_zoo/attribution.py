@@ -100,6 +100,8 @@ def _check_setting(method: str, key: str, value: Any) -> None:
     elif key == "baseline":
         if not (isinstance(value, Tensor) or _is_number(value)):
             problem = "must be a number (e.g. 0.0 for black) or a tensor shaped like the input"
+        elif _is_number(value) and not 0 <= value <= 1:
+            problem = "must be a pixel value in [0, 1] (0.0 is black), as the input's pixels are"
     elif key == "epsilons":
         if (
             not isinstance(value, (list, tuple))

@@ -170,7 +170,7 @@ def _evaluation_section(results: dict[str, Any] | None, entry: ZooEntry) -> str:
         "",
         "Attribution robustness: similarity of the map at x and at the perturbed x' (mean and 95% interval).",
         f"Settings: {', '.join(f'{k}={v}' for k, v in settings.items())}.",
-        f"The attacks differentiate the model with {_attack_activation(results, entry)}.",
+        f"The attribution attacks differentiate the model with {_attack_activation(results, entry)}.",
         "",
         "| method | perturbation | " + " | ".join(METRIC_NAMES[m] for m in CARD_METRICS) + " |",
         "|---|---|" + "---|" * len(CARD_METRICS),

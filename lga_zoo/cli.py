@@ -245,10 +245,13 @@ def _check_against_pins(folder: Path, entry) -> None:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from .hub import download
+    from .hub import download, download_target
 
     folder = download(args.name, revision=args.revision, cache_dir=args.cache_dir)
-    checked = "" if args.name.startswith("hf-hub:") else " (checked against its sha256 pins)"
+    pinned = download_target(args.name, args.revision)[2]
+    checked = (
+        " (checked against the zoo's sha256 pins)" if pinned is not None else " (no zoo pins: not checked)"
+    )
     print(f"{args.name}: files in {folder}{checked}")
     return 0
 

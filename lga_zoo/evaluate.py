@@ -93,6 +93,10 @@ class EvalSettings:
             raise ValueError(f"n_slow={self.n_slow!r} must be None or an integer >= 1")
         if self.attack_amp not in ("none", "bf16"):
             raise ValueError(f"attack_amp={self.attack_amp!r}; accepted: 'none', 'bf16'")
+        k = self.topk_fraction
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 1:
+            raise ValueError(f"topk_fraction={k!r} must be a fraction of the pixels in (0, 1]")
+        self.topk_fraction = float(k)  # 1 is every pixel, not a count of one
         beta = self.softplus_beta
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < math.inf:
             raise ValueError(

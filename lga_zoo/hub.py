@@ -323,22 +323,28 @@ def untrained(name: str, device: str | torch.device | None = None) -> Explainabl
     return _attach(model, entry, "untrained")
 
 
-def download(name: str, revision: str | None = None, cache_dir: str | None = None) -> Path:
-    """Fetch a model's folder into the Hugging Face cache, verified against its pins where the
-    registry has them; returns the snapshot folder. ``name``: a zoo name or ``hf-hub:org/name[@revision]``."""
+def download_target(name: str, revision: str | None = None) -> tuple[str, str | None, ZooEntry | None]:
+    """``(repo_id, revision, pinned entry or None)`` that :func:`download` fetches for ``name`` (a
+    zoo name or ``hf-hub:org/name[@revision]``); the files are checked when an entry pins them."""
     if name.startswith(HF_PREFIX):
         repo_id, _, rev = name[len(HF_PREFIX) :].partition("@")
         revision = revision or rev or None
         pinned = next(
             (e for e in _all_entries() if e.hf_repo_id == repo_id and is_pinned_revision(revision, e)), None
         )
-        revision = revision or (pinned.revision if pinned else None)
-    else:
-        entry = get_entry(name)
-        if not entry.has_weights:
-            raise WeightsError(f"{name} has no published weights yet (train it with {entry.recipe})")
-        repo_id, pinned = entry.hf_repo_id, entry if is_pinned_revision(revision, entry) else None
-        revision = revision or entry.revision
+        return repo_id, revision or (pinned.revision if pinned else None), pinned
+    entry = get_entry(name)
+    if not entry.has_weights:
+        raise WeightsError(f"{name} has no published weights yet (train it with {entry.recipe})")
+    pinned = entry if is_pinned_revision(revision, entry) else None
+    return entry.hf_repo_id, revision or entry.revision, pinned
+
+
+def download(name: str, revision: str | None = None, cache_dir: str | None = None) -> Path:
+    """Fetch a model's folder into the Hugging Face cache, verified against its pins where the
+    registry has them (:func:`download_target`); returns the snapshot folder. ``name``: a zoo name
+    or ``hf-hub:org/name[@revision]``."""
+    repo_id, revision, pinned = download_target(name, revision)
     folder = _fetch(repo_id, revision, cache_dir, offline_mode(None), pinned, name)
     for extra in (CARD_NAME, RESULTS_NAME):
         try:

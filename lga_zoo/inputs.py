@@ -44,7 +44,9 @@ class ToPixels:
     def __call__(self, picture) -> Tensor:
         if isinstance(picture, Tensor) and picture.dim() != 3:
             raise InputError(f"the transform takes one CHW image, got shape {tuple(picture.shape)}")
-        return to_batch(picture, (self.channels, *_size_of(picture)))[0]
+        if isinstance(picture, Tensor) and picture.is_floating_point():
+            picture = picture.clamp(0, 1)  # a bicubic resize of a tensor overshoots [0, 1] a little
+        return to_batch(picture, (self.channels, *_size_of(picture)))[0].float()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(channels={self.channels})"

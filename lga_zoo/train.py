@@ -220,14 +220,6 @@ def _check_same_recipe(saved: dict, current: dict, ckpt_path: Path) -> None:
             f"cannot resume {ckpt_path}: the recipe changed ({detail}). "
             "Use a new --out folder, or restore the recipe."
         )
-    schedule = saved.get("schedule", {}).get("name")
-    if current.get("epochs", 0) > saved.get("epochs", 0) and schedule != "steps":
-        raise ValueError(
-            f"cannot resume {ckpt_path} with epochs {saved.get('epochs')} -> {current.get('epochs')}: the "
-            f"{schedule} schedule's learning rates depend on the number of epochs, so the longer run would "
-            "follow no recipe's schedule (a step schedule may grow). Train more epochs as a new run "
-            "from this one (init: its folder), or restore the recipe's epochs."
-        )
 
 
 def _rank_world() -> tuple[int, int, int]:
@@ -505,6 +497,20 @@ def save_checkpoint(run: Run, path: Path, epochs_done: int, step_in_epoch: int, 
     )
 
 
+def _check_schedule_length(saved: dict, recipe: Recipe, epochs_done: int, ckpt_path: Path) -> None:
+    """Epochs may change on a resume only where the learning rates do not depend on them: a step
+    schedule, or stopping a run where it stands (epochs = the epochs done)."""
+    schedule = saved.get("schedule", {}).get("name")
+    if recipe.epochs in (saved.get("epochs"), epochs_done) or schedule == "steps":
+        return
+    raise ValueError(
+        f"cannot resume {ckpt_path} with epochs {saved.get('epochs')} -> {recipe.epochs}: the {schedule} "
+        "schedule's learning rates depend on the number of epochs, so the resumed run would follow no "
+        "recipe's schedule (a step schedule may change). Train more epochs as a new run from this one "
+        "(init: its folder), or restore the recipe's epochs."
+    )
+
+
 def restore_checkpoint(run: Run, path: Path) -> tuple[int, int, EpochTally]:
     """Load ``path`` into the run; returns (epochs done, steps done in the next epoch, its tally)."""
     ckpt = _load_checkpoint(path, run.device)
@@ -519,6 +525,7 @@ def restore_checkpoint(run: Run, path: Path) -> tuple[int, int, EpochTally]:
         raise ValueError(
             f"cannot resume {path}: it has trained {ckpt['epoch']} epochs, more than the {run.recipe.epochs} asked for"
         )
+    _check_schedule_length(json.loads(ckpt["recipe"]), run.recipe, int(ckpt["epoch"]), path)
     run.model.load_state_dict(ckpt["model"], strict=True)
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])
@@ -731,8 +738,19 @@ def _keep_log_until(log_path: Path, epochs_done: int) -> None:
     if not log_path.is_file():
         return
     lines = log_path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) <= epochs_done]
-    if len(kept) != len(lines):
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            if number == len(lines):  # cut off by a kill while it was written: trained again
+                continue
+            raise ValueError(
+                f"{log_path} line {number} is damaged (not JSON); mend or delete that line to resume"
+            ) from None
+        if record is not None and record.get("epoch", 0) <= epochs_done:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
         atomic_write_text(log_path, "".join(kept))
 
 

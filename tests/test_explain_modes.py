@@ -85,6 +85,8 @@ def test_ig_baselines_are_pixels_like_the_input(batch):
         model.explain(batch, method="ig", baseline=torch.zeros(3, 16, 16))
     with pytest.raises(InputError, match=r"pixels in \[0, 1\]"):
         model.explain(batch, method="ig", baseline=torch.full((3, 8, 8), 128.0))
+    with pytest.raises(ValueError, match=r"baseline=128 must be a pixel value in \[0, 1\]"):
+        model.explain(batch, method="ig", baseline=128)
 
 
 def test_smoothgrad_leaves_every_random_generator_alone(batch, monkeypatch):
@@ -144,3 +146,25 @@ def test_explain_cli_steps_reach_aliased_methods_and_are_refused_elsewhere(tmp_p
     assert seen == [("big", 2)]
     assert cli.main([*argv, "--method", "grad", "--steps", "2"]) == 2
     assert "--steps applies to the methods ['boundary', 'integrated_gradients']" in capsys.readouterr().err
+
+
+def test_the_transform_gives_float32_pixels_for_any_tensor():
+    """model.transforms() on a float64 or bicubic-resized tensor: float32 pixels in [0, 1], so that
+    model(model.transforms()(t)[None]) runs (a bicubic resize overshoots [0, 1] a little)."""
+    from lga_zoo.inputs import eval_transform
+
+    transform = eval_transform((3, 8, 8), interpolation="bicubic")
+    checker = torch.zeros(3, 16, 16, dtype=torch.float64)
+    checker[:, ::2, ::2] = checker[:, 1::2, 1::2] = 1.0
+    pixels = transform(checker)
+    assert pixels.dtype == torch.float32 and pixels.shape == (3, 8, 8)
+    assert 0 <= pixels.min() and pixels.max() <= 1
+    assert small_model().eval()(pixels[None]).shape == (1, 4)
+
+
+def test_evaluation_topk_fraction_is_a_fraction():
+    from lga_zoo.evaluate import EvalSettings
+
+    assert isinstance(EvalSettings(topk_fraction=1).topk_fraction, float)
+    with pytest.raises(ValueError, match=r"topk_fraction=2 must be a fraction of the pixels in \(0, 1\]"):
+        EvalSettings(topk_fraction=2)

@@ -304,6 +304,8 @@ def test_an_epoch_logged_before_a_kill_is_logged_once(tiny_cifar, tmp_path, monk
         train(plain, tiny_cifar, tmp_path, progress=False, checkpoint_seconds=0)
     logged = [json.loads(line)["epoch"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert logged == [1]  # the record made it, the checkpoint did not
+    with open(tmp_path / "log.jsonl", "a") as log:
+        log.write('{"epoch": 2, "ce": 0.4')  # and a line cut off by a kill while it was written
     train(plain, tiny_cifar, tmp_path, progress=False, resume=True, checkpoint_seconds=0)
     logged = [json.loads(line)["epoch"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert logged == [1, 2]
