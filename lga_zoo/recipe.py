@@ -199,8 +199,8 @@ class Recipe:
         _check_keys("schedule.", sched, allowed)
         warmup = sched.get("warmup_epochs", 0)
         _check_number("schedule.warmup_epochs", warmup, low=0)
-        if warmup >= self.epochs:
-            raise RecipeError(f"schedule.warmup_epochs={warmup!r} must be fewer than epochs={self.epochs}")
+        if warmup > self.epochs:
+            raise RecipeError(f"schedule.warmup_epochs={warmup!r} must be at most epochs={self.epochs}")
         if sched["name"] == "steps":
             milestones = sched.get("milestones")
             if (

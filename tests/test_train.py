@@ -78,7 +78,7 @@ def test_a_recipe_that_starts_from_a_run_folder_ships_the_stage_recipe_that_make
         ({"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0, "nesterov": True}}, "nesterov: true needs"),
         ({"regularizer": {"name": "hessian", "lam": 1e-4, "fd_step": 0}}, "fd_step=0 must be > 0"),
         ({"schedule": {"name": "cosine", "min_lr": 1.0}}, "min_lr=1.0 is above optimizer.lr=0.05"),
-        ({"schedule": {"name": "cosine", "warmup_epochs": 2}}, "warmup_epochs=2 must be fewer than epochs=2"),
+        ({"schedule": {"name": "cosine", "warmup_epochs": 3}}, "warmup_epochs=3 must be at most epochs=2"),
         ({"schedule": {"name": "steps", "milestones": [True]}}, "rising list of positive epoch numbers"),
         ({"schedule": {"name": "steps", "milestones": [6, 3]}}, "rising list"),
         ({"schedule": {"name": "steps", "milestones": [3], "gamma": 0}}, "gamma=0 would stop training"),
