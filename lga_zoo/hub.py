@@ -214,17 +214,12 @@ def load(
         )
     offline = offline_mode(local_files_only)
     if text.startswith(HF_PREFIX):
-        repo_id, _, rev = text[len(HF_PREFIX) :].partition("@")
-        revision = revision or rev or None
-        pinned = next(
-            (e for e in _all_entries() if e.hf_repo_id == repo_id and is_pinned_revision(revision, e)), None
-        )
+        repo_id, revision, pinned = download_target(text, revision)
         if not verify:
             warnings.warn(
                 f"loading {text} with verify=False: its files are not checked against any pin", stacklevel=2
             )
         checked = pinned if verify else None
-        revision = revision or (pinned.revision if pinned else None)
         folder = _fetch(repo_id, revision, cache_dir, offline, checked, text)
         return _attach(
             load_model_folder(folder, device),
