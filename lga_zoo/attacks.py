@@ -6,11 +6,13 @@ attributions. Every point stays in the ball and in the valid pixel range.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .state import differentiates, keeps_model_state
+from .state import differentiates, keeps_model_state, preserved
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
@@ -22,6 +24,37 @@ def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
     true = logits.gather(1, y[:, None]).squeeze(1)
     others = logits.scatter(1, y[:, None], float("-inf")).amax(1)
     return (others - true).sum()
+
+
+def check_pixels(x: Tensor, what: str = "x") -> None:
+    """Refuse anything but a floating batch of pixels in [0, 1]: the attacks clip x' to that box,
+    so an x outside it would leave the eps ball without a word."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        kind = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"{what} must be a floating tensor of pixels in [0, 1], got {kind}")
+    if x.numel() and not (x.min() >= 0 and x.max() <= 1):  # also refuses NaN
+        raise ValueError(
+            f"{what} must hold pixels in [0, 1] (the attacks keep x' in that box), got values in "
+            f"[{x.min().item():.3g}, {x.max().item():.3g}]; pass unnormalized images"
+        )
+
+
+def check_labels(x: Tensor, labels: Tensor, what: str = "target") -> None:
+    """Refuse anything but a batch of images (B, C, H, W) with one class index per image."""
+    if x.dim() != 4:
+        raise ValueError(f"x must be a batch of images (B, C, H, W), got shape {tuple(x.shape)}")
+    if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.shape != (len(x),):
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(
+            f"{what} must be an integer tensor of {len(x)} class indices, one per image, got {shape}"
+        )
+
+
+def check_radius(eps: float | Tensor, what: str = "eps") -> None:
+    """Refuse a negative or non-finite radius (a negative one would push every pixel by |eps|)."""
+    values = torch.as_tensor(eps, dtype=torch.float64)
+    if not (torch.isfinite(values).all() and (values >= 0).all()):
+        raise ValueError(f"{what}={eps!r} must be a finite radius >= 0")
 
 
 def _per_sample_norm(t: Tensor) -> Tensor:
@@ -62,6 +95,9 @@ def pgd(
         raise ValueError(f"norm={norm!r}; accepted: {NORMS}")
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r}; accepted: {LOSSES}")
+    check_pixels(x)
+    check_labels(x, y, "y")
+    check_radius(eps)
     eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
     step = step_size if step_size is not None else 2.5 * eps_t / steps
     step_t = torch.as_tensor(step, dtype=x.dtype, device=x.device)
@@ -135,6 +171,8 @@ def frame_target(height: int, width: int, frame: int | None = None) -> Tensor:
 
 def random_perturbation(x: Tensor, eps: float, generator: torch.Generator | None = None) -> Tensor:
     """x + uniform noise in [-eps, eps] per pixel, clipped to [0, 1]."""
+    check_pixels(x)
+    check_radius(eps)
     noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
     return (x + eps * noise).clamp(0, 1)
 
@@ -163,6 +201,9 @@ def targeted_attribution_attack(
     ``gamma * ||map(x') - target_map||^2 * N + (1 - gamma) * ||f(x') - f(x)||^2 / K`` (N pixels, K
     classes; maps sum-normalized). ``target_map`` defaults to :func:`frame_target`. Pass the model
     with its ReLUs swapped for Softplus (see :func:`lga_zoo.models.softplus_activations`)."""
+    check_pixels(x)
+    check_labels(x, target)
+    check_radius(eps)
     x = x.detach()
     num_pixels = x.shape[-1] * x.shape[-2]
     goal = (target_map if target_map is not None else frame_target(*x.shape[-2:])).to(x.device, x.dtype)
@@ -209,9 +250,33 @@ def topk_attack(
     the model itself, a candidate's class is read from the logits of its map's own forward pass.
     An image whose step was undone stops there for good, because recomputing the gradient at the same
     point would give the same step and the same undoing; it is not computed again."""
+    check_pixels(x)
+    check_labels(x, target)
+    check_radius(eps)
+    reference_model = reference_model or model
+    # the model is preserved by the decorator; a separate reference model is run in eval mode too
+    # and left as it was
+    separate = reference_model is not model and isinstance(reference_model, nn.Module)
+    keep_reference = preserved(reference_model) if separate else contextlib.nullcontext()
+    with keep_reference:
+        return _topk_search(model, x, target, eps, steps, step_size, k, method, ig_steps, reference_model)
+
+
+def _topk_search(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    eps: float,
+    steps: int,
+    step_size: float | None,
+    k: float | int,
+    method: str,
+    ig_steps: int,
+    reference_model: nn.Module,
+) -> Tensor:
+    """The search of :func:`topk_attack`, on models already in eval mode."""
     from .metrics import topk_mask
 
-    reference_model = reference_model or model
     x = x.detach()
     step_size = step_size if step_size is not None else eps / 8
     with torch.no_grad():

@@ -44,7 +44,7 @@ def summary_metrics(results: dict[str, Any] | None) -> dict[str, float]:
     for method, attacks in results.get("robustness", {}).items():
         for attack, metrics in attacks.items():
             for metric in CARD_METRICS:
-                if metric in metrics:
+                if metrics.get(metric, {}).get("mean") is not None:
                     flat[f"{method}/{attack}/{metric}"] = round(metrics[metric]["mean"], 4)
     return flat
 
@@ -69,7 +69,7 @@ def _model_index(entry: ZooEntry, results: dict[str, Any]) -> list[dict[str, Any
     for method, attacks in results.get("robustness", {}).items():
         for attack, values in attacks.items():
             for metric in CARD_METRICS:
-                if metric in values:
+                if values.get(metric, {}).get("mean") is not None:
                     metrics.append(
                         {
                             "type": f"attribution_{metric}",
@@ -180,8 +180,7 @@ def _evaluation_section(results: dict[str, Any] | None, entry: ZooEntry) -> str:
             cells = []
             for metric in CARD_METRICS:
                 if metric in values:
-                    lo, hi = values[metric]["ci95"]
-                    cells.append(f"{values[metric]['mean']:.3f} [{lo:.3f}, {hi:.3f}]")
+                    cells.append(mean_and_interval(values[metric]))
                 else:
                     cells.append("-")
             lines.append(f"| {method} | {attack} | " + " | ".join(cells) + " |")
@@ -194,6 +193,18 @@ COMPARISON_COLUMNS = (
     ("grad", "topk", "grad: top-k attack"),
     ("integrated_gradients", "targeted", "IG: targeted attack"),
 )
+
+
+def mean_and_interval(stat: dict[str, Any]) -> str:
+    """A results.json statistic as "0.254 [0.249, 0.259]"; "0.254 (1 image, no interval)" where
+    too few images gave no interval, "-" where none gave a mean."""
+    if stat.get("mean") is None:
+        return "-"
+    if stat.get("ci95") is None:
+        count = stat.get("n", "?")
+        return f"{stat['mean']:.3f} ({count} image{'' if count == 1 else 's'}, no interval)"
+    low, high = stat["ci95"]
+    return f"{stat['mean']:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def family_of(entry: ZooEntry) -> list[ZooEntry]:
@@ -301,11 +312,7 @@ def comparison_section(
         ]
         for method, attack, _ in COMPARISON_COLUMNS:
             value = results.get("robustness", {}).get(method, {}).get(attack, {}).get("topk")
-            cells.append(
-                "-"
-                if value is None
-                else f"{value['mean']:.3f} [{value['ci95'][0]:.3f}, {value['ci95'][1]:.3f}]"
-            )
+            cells.append("-" if value is None else mean_and_interval(value))
         lines.append(f"| {name} | {member.regularizer['name']} | {run} | " + " | ".join(cells) + " |")
     if earlier_inits:
         shas = ", ".join(f"{sha[:12]}..." for sha in sorted(earlier_inits))

@@ -98,8 +98,11 @@ def _card(args: argparse.Namespace) -> int:
     from .cards import family_of, summary_metrics
     from .hub import RESULTS_NAME, model_card_dir
     from .leaderboard import update_readme_table
-    from .registry import all_entries, get_entry, write_entries
+    from .registry import all_entries, get_entry, reload, write_entries
 
+    # zoo.json as it is now on disk: an `evaluate --publish` that ran for hours must not write back the
+    # registry it read at its start over edits made meanwhile
+    reload()
     entry = get_entry(args.name)
     folder = model_card_dir(args.name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -302,6 +305,7 @@ def _make_parent(path: Path) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     import shlex
 
+    from .cards import mean_and_interval
     from .evaluate import EvalSettings, run_evaluation
     from .folder import atomic_write_text
     from .hub import RESULTS_NAME, model_card_dir
@@ -370,10 +374,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     for method, attacks in results["robustness"].items():
         for attack, values in attacks.items():
             if "topk" in values:
-                print(
-                    f"  {method:22s} {attack:9s} top-k intersection {values['topk']['mean']:.3f} "
-                    f"[{values['topk']['ci95'][0]:.3f}, {values['topk']['ci95'][1]:.3f}]"
-                )
+                print(f"  {method:22s} {attack:9s} top-k intersection {mean_and_interval(values['topk'])}")
     if args.publish:
         _card(argparse.Namespace(name=args.model, results=None))
     elif own_folder is not None and out == own_folder / RESULTS_NAME:

@@ -102,6 +102,10 @@ class EvalSettings:
             raise ValueError(
                 f"softplus_beta={beta!r} must be a positive number (the attacks' Softplus for ReLU)"
             )
+        for name in ("eps", "pgd_linf_eps", "pgd_l2_eps"):
+            radius = getattr(self, name)
+            if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 <= radius < math.inf:
+                raise ValueError(f"{name}={radius!r} must be a finite radius >= 0 (pixels in [0, 1])")
         if self.attack_map not in ("same", "grad"):
             raise ValueError(f"attack_map={self.attack_map!r}; accepted: 'same', 'grad'")
         for method in self.methods:
@@ -127,11 +131,15 @@ class EvalSettings:
 
 
 def mean_ci95(values: Tensor | np.ndarray) -> dict[str, Any]:
-    """Mean and a 95% confidence interval (mean +- 1.96 standard errors) of per-image values."""
+    """Mean and a 95% confidence interval (mean +- 1.96 standard errors) of per-image values; the
+    interval is None for fewer than two values (and the mean None for none), which JSON can hold
+    where it cannot hold NaN."""
     array = np.asarray(values, dtype=np.float64)
     n = len(array)
-    mean = float(array.mean()) if n else float("nan")
-    half = 1.96 * float(array.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
+    mean = float(array.mean()) if n else None
+    if n < 2:
+        return {"mean": mean, "ci95": None, "n": n}
+    half = 1.96 * float(array.std(ddof=1)) / math.sqrt(n)
     return {"mean": mean, "ci95": [mean - half, mean + half], "n": n}
 
 

@@ -7,6 +7,8 @@ ranks for Spearman, tau-b for Kendall; top-k membership breaks ties by pixel ind
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,12 +21,26 @@ def _flat(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         raise ValueError(f"maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.dim() < 2:
         raise ValueError(f"maps must be batched (B, H, W) or (B, N), got shape {tuple(a.shape)}")
+    _check_finite(a, b)
     return a.flatten(1).double(), b.flatten(1).double()
 
 
+def _check_finite(a: Tensor, b: Tensor) -> None:
+    """Refuse NaN or infinite pixels: each similarity would treat them its own way (a NaN cosine, a
+    plausible rank correlation), so the figures of one map pair would disagree without a sign."""
+    for name, maps in (("a", a), ("b", b)):
+        if not torch.isfinite(maps).all():
+            raise ValueError(f"map batch {name} holds NaN or infinite values; similarities need finite maps")
+
+
 def topk_count(num_pixels: int, k: float | int = 0.1) -> int:
-    """k as a count: a float in (0, 1] is a fraction of the pixels, an int a count."""
-    if isinstance(k, float):
+    """k as a count: a float in (0, 1] is a fraction of the pixels, an int a count (numpy scalars
+    and one-element tensors count as their Python number)."""
+    if isinstance(k, Tensor) and k.numel() == 1:
+        k = k.item()
+    if isinstance(k, bool) or not isinstance(k, numbers.Real):
+        raise TypeError(f"k={k!r} must be a fraction of the pixels (float) or a count (int)")
+    if not isinstance(k, numbers.Integral):
         if not 0 < k <= 1:
             raise ValueError(f"k={k} as a fraction must be in (0, 1]")
         return max(1, int(round(k * num_pixels)))
@@ -84,7 +100,10 @@ def kendall_tau(a: Tensor, b: Tensor, chunk: int = 64) -> Tensor:
     """Kendall's tau-b over all pixel pairs (exact; O(N^2) sign products in chunks of ``chunk`` rows)."""
     fa, fb = _flat(a, b)
     concordance = torch.zeros(fa.shape[0], dtype=torch.float64, device=fa.device)
-    a32, b32 = fa.float(), fb.float()  # signs of float32 differences: exact for distinct float32 values
+    # signs of differences in the inputs' own precision (float32 unless one is float64): exact, and
+    # values distinct in float64 are not made ties
+    work = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
+    a32, b32 = fa.to(work), fb.to(work)
     for start in range(0, fa.shape[1], chunk):
         sa = torch.sign(a32[:, start : start + chunk, None] - a32[:, None, :])
         sb = torch.sign(b32[:, start : start + chunk, None] - b32[:, None, :])
@@ -123,6 +142,7 @@ def ssim(a: Tensor, b: Tensor, data_range: float = 1.0, sigma: float = 1.5) -> T
     size = 2 * int(3.5 * sigma + 0.5) + 1
     if min(a.shape[1:]) < size:
         raise ValueError(f"ssim needs maps of at least {size}x{size} pixels, got {tuple(a.shape[1:])}")
+    _check_finite(a, b)
     x, y = a.double()[:, None], b.double()[:, None]
     window = _gaussian_window(size, sigma, x.dtype, x.device)
     mu_x, mu_y = F.conv2d(x, window), F.conv2d(y, window)

@@ -125,8 +125,10 @@ def get_entry(name: str) -> ZooEntry:
 def write_entries(entries: list[ZooEntry], path: Path | None = None) -> Path:
     """Rewrite ``zoo.json`` with ``entries`` (sorted by name)."""
     path = path or zoo_file()
+    from .folder import atomic_write_text
+
     payload = {"models": [e.to_dict() for e in sorted(entries, key=lambda e: e.name)]}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
     reload()
     return path
 

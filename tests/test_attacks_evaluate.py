@@ -400,3 +400,64 @@ def test_a_resume_with_other_settings_or_weights_is_refused(tmp_path):
     state.write_bytes(b"not a state")
     with pytest.raises(ValueError, match="not a readable evaluation state"):
         evaluate(model, data, _stoppable_settings(), progress=False, state_path=state, resume=True)
+
+
+ATTACKS_ON = {
+    "pgd": lambda m, x, y, eps: pgd(m, x, y, eps, steps=2),
+    "random": lambda m, x, y, eps: random_perturbation(x, eps, torch.Generator().manual_seed(0)),
+    "targeted": lambda m, x, y, eps: targeted_attribution_attack(m, x, y, eps=eps, steps=2),
+    "topk": lambda m, x, y, eps: topk_attack(m, x, y, eps=eps, steps=2),
+}
+
+
+@pytest.mark.parametrize("attack", ATTACKS_ON)
+def test_attacks_refuse_pixels_outside_the_unit_box_and_negative_radii(attack, images):
+    """x outside [0, 1] would be clipped into the box, far outside the eps ball (0.25 away for x in
+    [-0.25, 1.25]); a negative eps pushed every pixel by |eps|."""
+    model, y, run = relu_cnn(), torch.arange(6), ATTACKS_ON[attack]
+    with pytest.raises(ValueError, match=r"pixels in \[0, 1\].*\[-0.25, 1.25\]"):
+        run(model, images * 1.5 - 0.25, y, EPS)
+    with pytest.raises(ValueError, match="eps=-0.1 must be a finite radius >= 0"):
+        run(model, images, y, -0.1)
+    with pytest.raises(TypeError, match="floating tensor"):
+        run(model, (images * 255).to(torch.uint8), y, EPS)
+    if attack != "random":  # the attacks that take labels: one integer class per image
+        with pytest.raises(ValueError, match=r"integer tensor of 6 class indices, one per image, got \(5,\)"):
+            run(model, images, y[:5], EPS)
+        with pytest.raises(ValueError, match=r"a batch of images \(B, C, H, W\), got shape \(3, 16, 16\)"):
+            run(model, images[0], y[:1], EPS)
+    assert in_ball(run(model, images, y, EPS), images, EPS)
+
+
+def test_topk_attack_leaves_a_separate_reference_model_as_it_was(images):
+    """The reference model (the one whose class a step must keep) runs in eval mode, and a caller's
+    train-mode model keeps its mode and its BatchNorm statistics."""
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+    reference(images)  # materializes the lazy layer
+    reference.train()
+    before = {k: v.clone() for k, v in reference.state_dict().items()}
+    with torch.no_grad():
+        label_eval = reference.eval()(images).argmax(1)
+    reference.train()
+    x_adv = topk_attack(relu_cnn(), images, torch.arange(6), eps=EPS, steps=3, reference_model=reference)
+    assert reference.training and all(m.training for m in reference.modules())
+    assert all(torch.equal(before[k], v) for k, v in reference.state_dict().items())
+    with torch.no_grad():  # every returned point keeps the eval-mode class
+        assert torch.equal(reference.eval()(x_adv).argmax(1), label_eval)
+
+
+def test_evaluation_settings_refuse_negative_radii():
+    for name in ("eps", "pgd_linf_eps", "pgd_l2_eps"):
+        with pytest.raises(ValueError, match=f"{name}=-0.25 must be a finite radius"):
+            EvalSettings(**{name: -0.25})
+
+
+def test_mean_ci95_of_one_value_has_no_interval_and_stays_valid_json():
+    stat = mean_ci95(np.array([0.5]))
+    assert stat == {"mean": 0.5, "ci95": None, "n": 1}
+    assert json.loads(json.dumps(stat, allow_nan=False)) == stat
+    from lga_zoo.cards import mean_and_interval
+
+    assert mean_and_interval(stat) == "0.500 (1 image, no interval)"
+    assert mean_and_interval(mean_ci95(np.array([0.2, 0.4, 0.6]))) == "0.400 [0.174, 0.626]"

@@ -315,3 +315,29 @@ def test_the_card_of_a_model_of_ones_own_names_commands_that_load_it(tmp_path):
     assert 'lga_zoo.load("hf-hub:ORG/my_model_lga")' in card
     loaded = lga_zoo.load(loaded_name.replace("path/to", str(tmp_path)))
     assert loaded.entry is None and loaded.weights_path == folder / "model.safetensors"
+
+
+def test_a_card_refresh_keeps_registry_edits_made_after_the_process_read_it(private_zoo, tmp_path):
+    """`lga-zoo evaluate --publish` runs for hours and then refreshes the card from the registry: a
+    note edited in zoo.json meanwhile used to be overwritten by the copy read at the start."""
+    shutil.copytree(
+        REPO / "model_cards" / "resnet18_w16_cifar10_lga",
+        tmp_path / "model_cards" / "resnet18_w16_cifar10_lga",
+    )
+    registry.get_entry(
+        "resnet18_w16_cifar10_lga"
+    )  # the registry is read and cached, as at the start of a run
+    raw = json.loads(private_zoo.read_text())
+    for item in raw["models"]:
+        if item["name"] == "resnet18_w16_cifar10_standard":
+            item["notes"] = "Edited while an evaluation ran."
+    private_zoo.write_text(json.dumps(raw))
+    results_path = tmp_path / "model_cards" / "resnet18_w16_cifar10_lga" / "results.json"
+    results = json.loads(results_path.read_text())
+    results["accuracy"]["clean"] = 0.4321  # new figures, so the registry is written back
+    results_path.write_text(json.dumps(results))
+    assert cli.main(["card", "resnet18_w16_cifar10_lga"]) == 0
+    written = {item["name"]: item for item in json.loads(private_zoo.read_text())["models"]}
+    assert written["resnet18_w16_cifar10_standard"]["notes"] == "Edited while an evaluation ran."
+    assert written["resnet18_w16_cifar10_lga"]["metrics"]["accuracy"] == 0.4321
+    assert not list(tmp_path.glob(".zoo.json.tmp*"))

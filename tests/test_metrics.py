@@ -108,3 +108,32 @@ def test_similarities_bundle_and_errors():
         M.cosine(a, b[:, :4])
     with pytest.raises(ValueError, match="unknown similarities"):
         M.similarities(a, b, ("kendal",))
+
+
+def test_kendall_keeps_float64_values_distinct_like_scipy():
+    """1 and 1 + 1e-10 are equal in float32; in float64 they are not a tie, as for scipy."""
+    a = torch.tensor([[1.0, 1 + 1e-10, 2.0, 3.0]], dtype=torch.float64)
+    b = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    expected = stats.kendalltau(a[0].numpy(), b[0].numpy()).statistic
+    assert M.kendall_tau(a, b).item() == pytest.approx(expected) and expected == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", M.SIMILARITIES)
+def test_every_similarity_refuses_maps_with_nan(name):
+    """One NaN pixel gave a plausible Kendall (0.99) and top-k (0.93), a Pearson of 0 and a NaN
+    cosine: figures of one pair that disagree without a sign."""
+    a, b = random_maps()
+    a[2, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match="map batch a holds NaN or infinite values"):
+        M.similarities(a, b, names=(name,))
+    with pytest.raises(ValueError, match="map batch b holds NaN or infinite values"):
+        M.similarities(b, a.nan_to_num().clone().fill_(float("inf")), names=(name,))
+
+
+@pytest.mark.parametrize("k", [np.float32(0.1), np.float64(0.1), torch.tensor(0.1)])
+def test_topk_fraction_as_numpy_or_tensor_scalar(k):
+    a, b = random_maps()
+    assert torch.equal(M.topk_intersection(a, b, k), M.topk_intersection(a, b, 0.1))
+    assert M.topk_intersection(a, b, np.int64(26)).tolist() == M.topk_intersection(a, b, 26).tolist()
+    with pytest.raises(TypeError, match="k='0.1' must be a fraction"):
+        M.topk_intersection(a, b, "0.1")

@@ -160,3 +160,47 @@ def test_hubconf_refuses_unknown_keywords():
         hubconf.resnet18_w16_cifar10_lga(devcie="cpu")
     with pytest.raises(TypeError, match="accepted: \\['device'\\]"):
         hubconf.resnet18_w16_cifar10_lga(pretrained=False, revision="x")
+
+
+def _published_family_figures(entry) -> tuple[set[str], set[str]]:
+    """Every robustness mean and CI bound (3 decimals) and every PGD accuracy (percent, 1 and 2
+    decimals) in the published results.json of ``entry``'s family, as a note would quote them."""
+    from lga_zoo.cards import family_of
+
+    try:
+        family = family_of(entry) or [entry]
+    except UnknownModelError:  # fine-tuned from a timm checkpoint, not a zoo model
+        family = [entry]
+    figures, pgd_percents = set(), set()
+    for member in family:
+        path = REPO / "model_cards" / member.name / "results.json"
+        if not path.is_file():
+            continue
+        results = json.loads(path.read_text())
+        for attacks in results["robustness"].values():
+            for stats in attacks.values():
+                for stat in stats.values():
+                    if not isinstance(stat, dict):  # a count, e.g. of changed predictions
+                        continue
+                    figures.update(f"{v:.3f}" for v in (stat["mean"], *(stat["ci95"] or ())))
+        linf = results["accuracy"].get("pgd", {}).get("linf", {}).get("accuracy")
+        if linf is not None:
+            pgd_percents.update({f"{100 * linf:.1f}%", f"{100 * linf:.2f}%"})
+    return figures, pgd_percents
+
+
+@pytest.mark.parametrize("entry", [e for e in all_entries() if e.notes], ids=lambda e: e.name)
+def test_figures_quoted_in_notes_match_the_published_results(entry):
+    """Notes are typed by hand; a re-evaluation must not leave a stale figure in them. Every
+    attribution figure (0.xxx) and every PGD L-inf accuracy a note quotes is one of its family's
+    published results."""
+    figures, pgd_percents = _published_family_figures(entry)
+    for quoted in re.findall(r"\b\d\.\d{3}\b", entry.notes):
+        assert quoted in figures, (
+            f"{entry.name}'s note quotes {quoted}, found in no published result of its family"
+        )
+    for sentence in re.findall(r"PGD L-inf[^.;:]*", entry.notes):
+        for quoted in re.findall(r"\d+\.\d+%", sentence):
+            assert quoted in pgd_percents, (
+                f"{entry.name}'s note quotes PGD L-inf {quoted}, not a published result"
+            )
