@@ -38,12 +38,14 @@ class ComparisonRow:
     clean_map: Tensor = field(repr=False)
     attacked_map: Tensor = field(repr=False)
     attacked_input: Tensor = field(repr=False)
+    input: Tensor = field(repr=False)  # the model's own clean input (C, H, W), after its preprocessing
 
 
 @dataclass
 class Comparison:
     """The result of :func:`compare`: ``rows`` (one :class:`ComparisonRow` per model), the
-    ``settings`` used, the ``input`` (C, H, W) and the matplotlib ``figure``."""
+    ``settings`` used, the ``input`` (C, H, W) as the first model saw it (each row holds its own) and
+    the matplotlib ``figure``."""
 
     rows: list[ComparisonRow]
     settings: dict[str, Any]
@@ -51,11 +53,11 @@ class Comparison:
     figure: Any
 
     def save(self, path: str | Path, dpi: int = 120) -> Path:
-        """Write the figure as a PNG; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.figure.savefig(path, dpi=dpi, format="png")
-        return path
+        """Write the figure as a PNG (``path`` ends in .png; an existing file is replaced only by a
+        complete new one); returns the path."""
+        from .folder import save_png
+
+        return save_png(path, lambda file: self.figure.savefig(file, dpi=dpi, format="png"))
 
     def table(self) -> str:
         """The numbers as text, one line per model."""
@@ -123,7 +125,9 @@ def _compare_one(
     seed: int,
     k: float,
 ) -> tuple[ComparisonRow, Tensor]:
-    x = _model_batch(model, image)[:1]
+    x = _model_batch(model, image)
+    if len(x) != 1:
+        raise ValueError(f"compare takes one image, got a batch of {len(x)} (shape {tuple(x.shape)})")
     labels = getattr(model, "labels", None)
     with preserved(model):
         with torch.no_grad():
@@ -151,6 +155,7 @@ def _compare_one(
         clean_map=clean[0].cpu(),
         attacked_map=attacked[0].cpu(),
         attacked_input=x_attacked[0].detach().cpu(),
+        input=x[0].detach().cpu(),
     )
     return row, x[0].detach().cpu()
 
@@ -194,10 +199,10 @@ def compare(
         rows.append(row)
         picture = x if picture is None else picture
     settings = {"attack": attack, "method": method, "eps": eps, "steps": steps, "k": k, "seed": seed}
-    return Comparison(rows, settings, picture, draw_comparison(rows, picture, settings))
+    return Comparison(rows, settings, picture, draw_comparison(rows, settings))
 
 
-def draw_comparison(rows: list[ComparisonRow], picture: Tensor, settings: dict[str, Any]):
+def draw_comparison(rows: list[ComparisonRow], settings: dict[str, Any]):
     """The figure of :func:`compare`: one row per model (input, map, attacked input, attacked map)
     and one colorbar shared by every map."""
     from matplotlib.figure import Figure  # no pyplot: nothing global changes, no display needed
@@ -206,20 +211,23 @@ def draw_comparison(rows: list[ComparisonRow], picture: Tensor, settings: dict[s
     axes = fig.subplots(len(rows), 4, squeeze=False)
     shown = None
 
-    def image_of(t: Tensor):
-        return t.permute(1, 2, 0).clamp(0, 1).numpy() if t.shape[0] == 3 else t[0].clamp(0, 1).numpy()
+    def show(ax, t: Tensor) -> None:  # pixels in [0, 1], grey ones in grey
+        if t.shape[0] == 3:
+            ax.imshow(t.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+        else:
+            ax.imshow(t[0].clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
 
     attack_name = {"targeted": "targeted attack", "topk": "top-k attack", "noise": "uniform noise"}[
         settings["attack"]
     ]
     for r, row in enumerate(rows):
         ax = axes[r]
-        ax[0].imshow(image_of(picture), interpolation="nearest")
+        show(ax[0], row.input)  # each model's own preprocessed input (sizes may differ)
         ax[0].set_title(f"input: {row.predicted} ({row.probability:.0%})", fontsize=9)
         ax[0].set_ylabel(row.model, fontsize=9)
         shown = ax[1].imshow(row.clean_map.numpy(), cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
         ax[1].set_title(f"{settings['method']} map", fontsize=9)
-        ax[2].imshow(image_of(row.attacked_input), interpolation="nearest")
+        show(ax[2], row.attacked_input)
         ax[2].set_title(
             f"after {attack_name}: {row.attacked_predicted} ({row.attacked_probability:.0%})", fontsize=9
         )

@@ -140,11 +140,12 @@ class Explanation:
         return _with_caption(image, self.stability_text(i)) if show_stability else image
 
     def save(self, path: str | Path, i: int = 0, **overlay_kwargs: Any) -> Path:
-        """Write the overlay of image ``i`` as a PNG; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.overlay(i, **overlay_kwargs).save(path, format="PNG")
-        return path
+        """Write the overlay of image ``i`` as a PNG (``path`` ends in .png; an existing file is
+        replaced only by a complete new one); returns the path."""
+        from .folder import save_png
+
+        overlay = self.overlay(i, **overlay_kwargs)
+        return save_png(path, lambda file: overlay.save(file, format="PNG"))
 
     def plot(self, indices: list[int] | None = None):
         """A matplotlib figure: for each image its input, map and overlay (needs matplotlib)."""

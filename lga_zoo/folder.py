@@ -75,6 +75,25 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def save_png(path: str | os.PathLike, write: Any) -> Path:
+    """Write a PNG at ``path`` through ``write(file)`` (a binary file object) atomically: an existing
+    file is replaced only by a complete new one. ``path`` must end in ``.png`` and not be a folder."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"{path.name!r}: the picture is written as PNG; give a path ending in .png")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file path ending in .png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as file:
+            write(file)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def build_config(
     model: ExplainableClassifier,
     architecture: str,

@@ -5,6 +5,7 @@ is this output between the markers below; a test fails when they differ."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from .registry import all_entries
@@ -30,12 +31,12 @@ def leaderboard_markdown() -> str:
     rule = "|---|---:|---|---:|" + "---:|" * len(COLUMNS) + "\n"
     if not measured:
         return header + rule + "| (no evaluated models yet) |" + " |" * (len(COLUMNS) + 3) + "\n"
-    measured.sort(key=lambda e: (-e.metrics.get("grad/targeted/topk", -1), e.name))
+    measured.sort(key=lambda e: (-_number_or(e.metrics.get("grad/targeted/topk"), -1.0), e.name))
     rows = []
     for entry in measured:
         cells = []
         for key, _, percent in COLUMNS:
-            value = entry.metrics.get(key)
+            value = _number_or(entry.metrics.get(key), None)
             # the registry's values are rounded to 4 digits (cards.summary_metrics): shown as stored, since
             # rounding them again to 3 could disagree with the cards (0.20653 -> 0.2065 -> "0.206")
             cells.append("-" if value is None else (f"{value:.2%}" if percent else f"{value:.4f}"))
@@ -44,6 +45,13 @@ def leaderboard_markdown() -> str:
             f"{entry.metrics.get('n_robustness', '-')} | " + " | ".join(cells) + " |\n"
         )
     return header + rule + "".join(rows)
+
+
+def _number_or(value, missing):
+    """``value`` if it is a finite number, else ``missing`` (a hand-edited null or NaN in zoo.json
+    is shown as "-" and ranked last, never first)."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return value if is_number and math.isfinite(value) else missing
 
 
 def readme_table(readme_text: str) -> str:

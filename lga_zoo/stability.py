@@ -20,6 +20,7 @@ The published cards measure the same quantities with 100 attack steps over 1,000
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -61,8 +62,10 @@ class StabilitySettings:
         object.__setattr__(self, "k", float(self.k))  # k=1 is all pixels, not a count of one
         if isinstance(self.softplus_beta, bool) or not isinstance(self.softplus_beta, (int, float)):
             raise ValueError(f"stability softplus_beta={self.softplus_beta!r} must be a positive number")
-        if self.softplus_beta <= 0:
-            raise ValueError(f"stability softplus_beta={self.softplus_beta!r} must be a positive number")
+        if not 0 < self.softplus_beta < math.inf:  # also NaN
+            raise ValueError(
+                f"stability softplus_beta={self.softplus_beta!r} must be a finite positive number"
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"stability seed={self.seed!r} must be an integer")
 

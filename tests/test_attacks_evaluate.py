@@ -433,7 +433,9 @@ def test_topk_attack_leaves_a_separate_reference_model_as_it_was(images):
     """The reference model (the one whose class a step must keep) runs in eval mode, and a caller's
     train-mode model keeps its mode and its BatchNorm statistics."""
     torch.manual_seed(0)
-    reference = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+    reference = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10)
+    )
     reference(images)  # materializes the lazy layer
     reference.train()
     before = {k: v.clone() for k, v in reference.state_dict().items()}
@@ -461,3 +463,23 @@ def test_mean_ci95_of_one_value_has_no_interval_and_stays_valid_json():
 
     assert mean_and_interval(stat) == "0.500 (1 image, no interval)"
     assert mean_and_interval(mean_ci95(np.array([0.2, 0.4, 0.6]))) == "0.400 [0.174, 0.626]"
+
+
+def test_leaderboard_shows_a_null_or_nan_metric_as_missing_and_ranks_it_last(monkeypatch):
+    """A hand-edited null in zoo.json crashed the sort (-None); a NaN was ranked first."""
+    from dataclasses import replace
+
+    import lga_zoo.leaderboard as leaderboard
+    from lga_zoo.registry import get_entry
+
+    base = get_entry("resnet18_w16_cifar10_lga")
+    metrics = {"accuracy": 0.8, "n_robustness": 10}
+    entries = [
+        replace(base, name="a_null", metrics={**metrics, "grad/targeted/topk": None}),
+        replace(base, name="b_nan", metrics={**metrics, "grad/targeted/topk": float("nan")}),
+        replace(base, name="c_real", metrics={**metrics, "grad/targeted/topk": 0.3}),
+    ]
+    monkeypatch.setattr(leaderboard, "all_entries", lambda: entries)
+    rows = leaderboard_markdown().splitlines()[2:]
+    assert [row.split(" | ")[0].strip("| ") for row in rows] == ["c_real", "a_null", "b_nan"]
+    assert all("| nan |" not in row and "nan%" not in row for row in rows) and rows[1].count(" - ") >= 1

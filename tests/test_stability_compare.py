@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -161,3 +162,67 @@ def test_cli_explain_several_images_with_stability_and_compare(tmp_path, capsys)
         assert picture.width >= 400 and picture.height >= 200
     assert cli.main(["explain", str(tmp_path), "--model", MODEL]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def tiny_model(input_size, channels=3, seed=0):
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(channels, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(16, 10),
+    )  # fmt: skip
+    return lga_zoo.wrap(net, mean=(0.5,) * channels, std=(0.25,) * channels, input_size=input_size)
+
+
+def test_each_comparison_row_shows_its_own_models_input(photos):
+    """Two models of other input sizes: each row's input picture is what that model saw (the first
+    model's 16x16 input was drawn in every row)."""
+    small, large = tiny_model((3, 16, 16)), tiny_model((3, 24, 24), seed=1)
+    comparison = compare(photos[0], [small, large], attack="noise")
+    assert [tuple(r.input.shape) for r in comparison.rows] == [(3, 16, 16), (3, 24, 24)]
+    drawn = [ax.get_images()[0].get_array().shape for ax in comparison.figure.axes[0:8:4]]
+    assert drawn == [(16, 16, 3), (24, 24, 3)]
+    assert torch.equal(comparison.input, comparison.rows[0].input)
+
+
+def test_a_grey_comparison_is_drawn_in_grey_on_the_pixel_scale():
+    grey = Image.fromarray((np.linspace(0.2, 0.25, 16 * 16).reshape(16, 16) * 255).astype(np.uint8), "L")
+    comparison = compare(grey, [tiny_model((1, 16, 16), channels=1)], attack="noise")
+    picture = comparison.figure.axes[0].get_images()[0]
+    assert picture.get_cmap().name == "gray" and picture.get_clim() == (0, 1)
+
+
+def test_compare_refuses_a_batch_and_saves_only_complete_pngs(photos, tmp_path, monkeypatch):
+    model = tiny_model((3, 16, 16))
+    with pytest.raises(ValueError, match=r"compare takes one image, got a batch of 3"):
+        compare(photos, [model], attack="noise")
+    comparison = compare(photos[0], [model], attack="noise")
+    with pytest.raises(ValueError, match=r"'fig.jpg': the picture is written as PNG"):
+        comparison.save(tmp_path / "fig.jpg")
+    (tmp_path / "maps.png").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        comparison.save(tmp_path / "maps.png")
+    good = comparison.save(tmp_path / "fig.png")
+    before = good.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(comparison.figure, "savefig", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        comparison.save(good)
+    assert good.read_bytes() == before and Image.open(good).size[0] > 0  # the old picture is whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png", "maps.png"]  # no temporary left
+
+
+def test_an_explanation_saves_only_pngs(model, photos, tmp_path):
+    exp = model.explain(photos[0])
+    with pytest.raises(ValueError, match=r"'cat.jpg': the picture is written as PNG"):
+        exp.save(tmp_path / "cat.jpg")
+    assert Image.open(exp.save(tmp_path / "cat.png")).format == "PNG"
+
+
+@pytest.mark.parametrize("beta", [float("nan"), float("inf"), 0.0])
+def test_stability_refuses_a_softplus_beta_that_is_not_finite_and_positive(model, photos, beta):
+    """A NaN beta made the attacked input NaN and still gave a plausible attack score (0.19)."""
+    with pytest.raises(ValueError, match="softplus_beta=.* must be a finite positive number"):
+        model.explain(photos[0], stability={"softplus_beta": beta})
