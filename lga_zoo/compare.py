@@ -124,7 +124,7 @@ def _compare_one(
     steps: int,
     seed: int,
     k: float,
-) -> tuple[ComparisonRow, Tensor]:
+) -> ComparisonRow:
     x = _model_batch(model, image)
     if len(x) != 1:
         raise ValueError(f"compare takes one image, got a batch of {len(x)} (shape {tuple(x.shape)})")
@@ -157,7 +157,7 @@ def _compare_one(
         attacked_input=x_attacked[0].detach().cpu(),
         input=x[0].detach().cpu(),
     )
-    return row, x[0].detach().cpu()
+    return row
 
 
 def compare(
@@ -193,13 +193,12 @@ def compare(
     k = float(k)  # a fraction: k=1 is all pixels, not a count of one
     method, method_settings = resolve_method(method, method_kwargs)
     gradients_on("compare")  # refuses torch.inference_mode() before any model is loaded
-    rows, picture = [], None
-    for name, model in _load_models(models):
-        row, x = _compare_one(name, model, image, method, method_settings, attack, eps, steps, seed, k)
-        rows.append(row)
-        picture = x if picture is None else picture
+    rows = [
+        _compare_one(name, model, image, method, method_settings, attack, eps, steps, seed, k)
+        for name, model in _load_models(models)
+    ]
     settings = {"attack": attack, "method": method, "eps": eps, "steps": steps, "k": k, "seed": seed}
-    return Comparison(rows, settings, picture, draw_comparison(rows, settings))
+    return Comparison(rows, settings, rows[0].input, draw_comparison(rows, settings))
 
 
 def draw_comparison(rows: list[ComparisonRow], settings: dict[str, Any]):
