@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .inputs import check_pixels as check_pixel_range
 from .state import differentiates, keeps_model_state, preserved
 
 NORMS = ("linf", "l2")
@@ -32,11 +33,7 @@ def check_pixels(x: Tensor, what: str = "x") -> None:
     if not isinstance(x, Tensor) or not x.is_floating_point():
         kind = x.dtype if isinstance(x, Tensor) else type(x).__name__
         raise TypeError(f"{what} must be a floating tensor of pixels in [0, 1], got {kind}")
-    if x.numel() and not (x.min() >= 0 and x.max() <= 1):  # also refuses NaN
-        raise ValueError(
-            f"{what} must hold pixels in [0, 1] (the attacks keep x' in that box), got values in "
-            f"[{x.min().item():.3g}, {x.max().item():.3g}]; pass unnormalized images"
-        )
+    check_pixel_range(x)
 
 
 def check_labels(x: Tensor, labels: Tensor, what: str = "target") -> None:

@@ -69,21 +69,9 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def save_png(path: str | os.PathLike, write: Any) -> Path:
-    """Write a PNG at ``path`` through ``write(file)`` (a binary file object) atomically: an existing
-    file is replaced only by a complete new one. ``path`` must end in ``.png`` and not be a folder."""
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"{path.name!r}: the picture is written as PNG; give a path ending in .png")
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder; give a file path ending in .png")
-    path.parent.mkdir(parents=True, exist_ok=True)
+def atomic_write(path: Path, write: Any) -> None:
+    """Write ``path`` through ``write(file)`` (a binary file object) atomically: an existing file is
+    replaced only by a complete new one, and a failed write leaves no temporary file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as file:
@@ -91,6 +79,22 @@ def save_png(path: str | os.PathLike, write: Any) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda file: file.write(text.encode()))
+
+
+def save_png(path: str | os.PathLike, write: Any) -> Path:
+    """Write a PNG at ``path`` through ``write(file)`` (a binary file object) with
+    :func:`atomic_write`. ``path`` must end in ``.png`` and not be a folder."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"{path.name!r}: the picture is written as PNG; give a path ending in .png")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file path ending in .png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, write)
     return path
 
 

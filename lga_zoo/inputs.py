@@ -154,7 +154,8 @@ def _array_to_tensor(array: np.ndarray, channels: int) -> Tensor:
     return tensor.permute(2, 0, 1)
 
 
-def _check_pixels(batch: Tensor) -> None:
+def check_pixels(batch: Tensor) -> None:
+    """Refuse an empty batch and values that are not finite pixels in [0, 1] (an :class:`InputError`)."""
     if batch.numel() == 0 or batch.shape[0] == 0:
         raise InputError(f"the batch is empty (shape {tuple(batch.shape)}); pass at least one image")
     if not torch.isfinite(batch).all():
@@ -218,7 +219,7 @@ def to_batch(
         return torch.cat(singles).to(device) if device is not None else torch.cat(singles)
     else:
         raise InputError(f"inputs of type {type(inputs).__name__} are not accepted; accepted: {ACCEPTED}")
-    _check_pixels(batch)
+    check_pixels(batch)
     batch = _match_channels(batch, channels)
     target_hw = tuple(int(s) for s in input_size[1:])
     if tuple(batch.shape[-2:]) != target_hw:

@@ -22,7 +22,9 @@ import torch
 
 import lga_zoo
 from lga_zoo.data import augment_cifar, load_cifar10
+from lga_zoo.evaluate import clean_accuracy
 from lga_zoo.regularizers import build_regularizer
+from lga_zoo.state import preserved
 
 
 def batches(images: torch.Tensor, labels: torch.Tensor, steps: int, batch: int, seed: int):
@@ -36,13 +38,10 @@ def batches(images: torch.Tensor, labels: torch.Tensor, steps: int, batch: int, 
 
 
 def test_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(images), 500):
-            x = images[start : start + 500].permute(0, 3, 1, 2).float() / 255
-            correct += (model(x).argmax(1) == labels[start : start + 500]).sum().item()
-    return correct / len(images)
+    """Accuracy on uint8 (N, H, W, C) ``images``, in eval mode (the evaluation's own count)."""
+    x = images.permute(0, 3, 1, 2)
+    with preserved(model), torch.no_grad():
+        return clean_accuracy(model, x, labels, 500, torch.device("cpu"))
 
 
 def run_one(base, regularizer_name, lam, train, test, args) -> dict[str, float]:
