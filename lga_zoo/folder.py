@@ -76,6 +76,8 @@ def atomic_write(path: Path, write: Any) -> None:
     try:
         with open(tmp, "wb") as file:
             write(file)
+            file.flush()
+            os.fsync(file.fileno())  # on disk before it takes the name: no empty file after a power loss
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

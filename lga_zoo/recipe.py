@@ -120,6 +120,10 @@ class Recipe:
         _check_number("epochs", self.epochs, low=1, integer=True)
         _check_number("batch_size", self.batch_size, low=1, integer=True)
         _check_number("seed", self.seed, low=0, integer=True)
+        if self.seed >= 2**32:
+            raise RecipeError(
+                f"seed={self.seed!r} must be below 2**32 (a 32-bit seed, as numpy and torch take)"
+            )
         _check_number("label_smoothing", self.label_smoothing, low=0)
         if self.label_smoothing >= 1:
             raise RecipeError(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")

@@ -6,15 +6,22 @@ Local Gradient Alignment (Joo et al., AAAI 2023) and its baselines. Every regula
 
 All of them share :func:`true_class_input_grad`, the gradient of the true-class logit (summed over
 the batch, so row i is the gradient of sample i's own logit) with respect to the input.
+
+The gradient regularizers run the model twice per call, at x and at a nearby point, in the model's
+own mode: in training, BatchNorm normalizes each batch by its own statistics and its running
+statistics are updated by both batches (as a training loop that calls the model twice does).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .state import gradients_on
 
 PERTURBATIONS = ("uniform", "gaussian", "grad")
 REGULARIZERS = ("none", "lga", "lga_l2", "lga_cos", "gradnorm", "hessian")
@@ -46,6 +53,18 @@ def true_class_input_grad(
 
 def _flat(t: Tensor) -> Tensor:
     return t.flatten(1)
+
+
+def _differentiates_inputs(forward):
+    """Decorator of a gradient regularizer's ``forward``: input gradients also under a caller's
+    ``torch.no_grad()``, and a clear error under ``torch.inference_mode()``."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        with gradients_on(f"the {self.name} regularizer"):
+            return forward(self, *args, **kwargs)
+
+    return wrapper
 
 
 class Regularizer(nn.Module):
@@ -115,6 +134,7 @@ class LGA(Regularizer):
             z = self.eps * grad.detach().sign()
         return x.detach() + z
 
+    @_differentiates_inputs
     def forward(self, model, x, y, generator=None):
         x = x.detach().requires_grad_(True)
         logits, g = true_class_input_grad(model, x, y, create_graph=not self.detach_source)
@@ -149,6 +169,7 @@ class GradNorm(Regularizer):
         super().__init__()
         self.lam = float(lam)
 
+    @_differentiates_inputs
     def forward(self, model, x, y, generator=None):
         x = x.detach().requires_grad_(True)
         logits, g = true_class_input_grad(model, x, y, create_graph=True)
@@ -193,6 +214,7 @@ class HessianNorm(Regularizer):
         hv = (g_step - g) / self.fd_step
         return logits, _flat(hv).pow(2).sum(1)
 
+    @_differentiates_inputs
     def forward(self, model, x, y, generator=None):
         logits, hv_sq = self.hessian_vector_sq_norm(model, x, y, generator)
         ce = self.cross_entropy(logits, y)

@@ -31,8 +31,10 @@ from tqdm import tqdm
 
 from .datasets import TrainingData, dataset_classes, prepare_data
 from .folder import (
+    CARD_NAME,
     CONFIG_NAME,
     WEIGHTS_NAME,
+    atomic_write,
     atomic_write_text,
     build_config,
     remove_stale_temporaries,
@@ -47,6 +49,7 @@ from .regularizers import Regularizer, build_regularizer
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
 PROGRESS_NAME = "progress.log"
+FINISHED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)  # written last, in this order, by a finished run
 
 
 class TrainingDiverged(RuntimeError):
@@ -196,9 +199,7 @@ def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda file: torch.save(obj, file))
 
 
 RESUMABLE_CHANGES = ("epochs", "eval_every")
@@ -397,7 +398,6 @@ def write_trained_folder(
     folder that ``lga_zoo.load(OUT)`` reads, ``lga-zoo evaluate OUT`` measures and ``lga-zoo push
     OUT`` uploads."""
     from .cards import entry_from_config, render_card
-    from .folder import CARD_NAME, atomic_write_text
 
     model_cpu = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
     config = build_config(
@@ -513,7 +513,7 @@ def _check_schedule_length(saved: dict, recipe: Recipe, epochs_done: int, ckpt_p
 
 def restore_checkpoint(run: Run, path: Path) -> tuple[int, int, EpochTally]:
     """Load ``path`` into the run; returns (epochs done, steps done in the next epoch, its tally)."""
-    ckpt = _load_checkpoint(path, run.device)
+    ckpt = _load_checkpoint(path)
     _check_same_recipe(json.loads(ckpt["recipe"]), run.recipe.to_dict(), path)
     saved_world = int(ckpt.get("world_size", 1))
     if saved_world != run.world_size:
@@ -521,9 +521,12 @@ def restore_checkpoint(run: Run, path: Path) -> tuple[int, int, EpochTally]:
             f"cannot resume {path}: it was written by {saved_world} process(es), this run has {run.world_size}; "
             "resume with the same number of processes"
         )
-    if ckpt["epoch"] > run.recipe.epochs:
+    step = int(ckpt.get("step_in_epoch", 0))
+    if ckpt["epoch"] + (1 if step else 0) > run.recipe.epochs:
+        trained = f"{ckpt['epoch']} epochs" + (f" and {step} steps of the next" if step else "")
         raise ValueError(
-            f"cannot resume {path}: it has trained {ckpt['epoch']} epochs, more than the {run.recipe.epochs} asked for"
+            f"cannot resume {path}: it has trained {trained}, more than the {run.recipe.epochs} epochs "
+            "asked for; resume with at least as many epochs as it has started"
         )
     _check_schedule_length(json.loads(ckpt["recipe"]), run.recipe, int(ckpt["epoch"]), path)
     run.model.load_state_dict(ckpt["model"], strict=True)
@@ -533,8 +536,13 @@ def restore_checkpoint(run: Run, path: Path) -> tuple[int, int, EpochTally]:
     # Checkpoints written before per-rank states held rank 0's states as cpu_rng / noise_rng.
     states = ckpt.get("rng") or [{"cpu": ckpt["cpu_rng"], "noise": ckpt["noise_rng"]}]
     torch.set_rng_state(states[run.rank]["cpu"])
-    run.noise_gen.set_state(states[run.rank]["noise"].cpu())
-    step = int(ckpt.get("step_in_epoch", 0))
+    try:
+        run.noise_gen.set_state(states[run.rank]["noise"])
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(
+            f"cannot resume {path} on {run.device.type}: its noise generator was saved on another kind of "
+            "device; resume on the kind of device it was trained on"
+        ) from None
     tally = EpochTally(**json.loads(ckpt["tally"])) if step else EpochTally()
     return int(ckpt["epoch"]), step, tally
 
@@ -654,7 +662,7 @@ def train(
         if is_main:
             where = f"epoch {start_epoch}" + (f" and step {start_step} of the next" if start_step else "")
             print(f"resumed from {ckpt_path} after {where}", file=sys.stderr)
-        if start_epoch == recipe.epochs and (out / "model.safetensors").is_file():
+        if start_epoch == recipe.epochs and all((out / name).is_file() for name in FINISHED_FILES):
             if is_main:
                 print(
                     f"{out} already holds the finished run ({recipe.epochs} epochs); nothing to train",
@@ -754,10 +762,11 @@ def _keep_log_until(log_path: Path, epochs_done: int) -> None:
         atomic_write_text(log_path, "".join(kept))
 
 
-def _load_checkpoint(ckpt_path: Path, device: torch.device) -> dict:
+def _load_checkpoint(ckpt_path: Path) -> dict:
     """A training checkpoint, read by the safe loader (tensors and plain containers only)."""
     try:
-        return torch.load(ckpt_path, map_location=device, weights_only=True)
+        # On the CPU: the random states must stay there, and load_state_dict moves the rest.
+        return torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
         raise ValueError(
             f"cannot read the training checkpoint {ckpt_path}: it is damaged or not one this program "

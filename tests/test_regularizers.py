@@ -264,3 +264,19 @@ def test_label_smoothing_applies_to_the_cross_entropy_term():
     assert torch.allclose(out.loss, expected)
     with pytest.raises(ValueError, match="label_smoothing"):
         build_regularizer("lga", label_smoothing=1.0)
+
+
+@pytest.mark.parametrize("reg", [LGA(eps=0.2), HessianNorm(lam=1.0), GradNorm(lam=1.0)], ids=lambda r: r.name)
+def test_gradient_regularizers_work_under_no_grad_and_refuse_inference_mode(reg):
+    """Inside a caller's torch.no_grad() a gradient regularizer still differentiates the model (as
+    captum does) and gives the same loss; under inference_mode it names itself and the way out."""
+    net = tiny_softplus_net()
+    x = torch.rand(4, 3, 2, 2, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1])
+    expected = reg(net, x, y, torch.Generator().manual_seed(0)).loss
+    with torch.no_grad():
+        under_no_grad = reg(net, x, y, torch.Generator().manual_seed(0)).loss
+        assert not torch.is_grad_enabled()  # the caller's mode is back
+    assert torch.allclose(under_no_grad, expected)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=f"the {reg.name} regularizer.*no_grad"):
+        reg(net, x, y)

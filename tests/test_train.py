@@ -82,6 +82,7 @@ def test_a_recipe_that_starts_from_a_run_folder_ships_the_stage_recipe_that_make
         ({"schedule": {"name": "steps", "milestones": [True]}}, "rising list of positive epoch numbers"),
         ({"schedule": {"name": "steps", "milestones": [6, 3]}}, "rising list"),
         ({"schedule": {"name": "steps", "milestones": [3], "gamma": 0}}, "gamma=0 would stop training"),
+        ({"seed": 2**40}, r"seed=1099511627776 must be below 2\*\*32"),
     ],
 )
 def test_bad_recipes_name_the_key(change, message):
@@ -309,6 +310,64 @@ def test_an_epoch_logged_before_a_kill_is_logged_once(tiny_cifar, tmp_path, monk
     train(plain, tiny_cifar, tmp_path, progress=False, resume=True, checkpoint_seconds=0)
     logged = [json.loads(line)["epoch"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert logged == [1, 2]
+
+
+def test_a_run_killed_while_it_writes_its_folder_writes_it_again_on_resume(tiny_cifar, tmp_path):
+    """The finished run writes weights, config.json, then the card: a kill between them leaves a
+    folder that a resume completes from the checkpoint instead of calling it finished."""
+    recipe = tiny_recipe(epochs=1, regularizer={"name": "none"})
+    train(recipe, tiny_cifar, tmp_path, progress=False)
+    weights = (tmp_path / "model.safetensors").read_bytes()
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "README.md").unlink()
+    train(recipe, tiny_cifar, tmp_path, progress=False, resume=True)
+    assert (tmp_path / "model.safetensors").read_bytes() == weights
+    assert json.loads((tmp_path / "config.json").read_text()) == config
+    assert (tmp_path / "README.md").is_file()
+    assert load_model_folder(tmp_path)(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_resume_refuses_to_stop_a_run_before_the_epoch_it_has_started(tiny_cifar, tmp_path, monkeypatch):
+    """A checkpoint 2 steps into epoch 2 holds weights past epoch 1: stopping it at 1 epoch would
+    publish them as a 1-epoch run, so it is refused."""
+    plain = tiny_recipe(regularizer={"name": "none"})  # 2 epochs of 3 steps
+    kill_after_saves(monkeypatch, 5)  # saves after steps 1, 2, the epoch, 1, 2: the 5th is epoch 1 + 2 steps
+    with pytest.raises(KeyboardInterrupt):
+        train(plain, tiny_cifar, tmp_path, progress=False, checkpoint_seconds=0)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (1, 2)
+    stop_early = tiny_recipe(epochs=1, regularizer={"name": "none"})
+    with pytest.raises(ValueError, match="trained 1 epochs and 2 steps of the next, more than the 1 epochs"):
+        train(stop_early, tiny_cifar, tmp_path, progress=False, resume=True)
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_resume_on_another_kind_of_device_names_the_problem(tiny_cifar, tmp_path):
+    """A CUDA noise generator's state (16 bytes) cannot seed a CPU one: a clear error, not torch's."""
+    recipe = tiny_recipe(epochs=1, regularizer={"name": "none"})
+    train(recipe, tiny_cifar, tmp_path, progress=False)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    ckpt["rng"][0]["noise"] = torch.zeros(16, dtype=torch.uint8)
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="noise generator was saved on another kind of device"):
+        train(recipe, tiny_cifar, tmp_path, progress=False, resume=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_mid_epoch_resume_on_cuda(tiny_cifar, tmp_path, monkeypatch):
+    """The checkpoint's random states are read on the CPU, where torch.set_rng_state needs them."""
+    recipe = tiny_recipe()
+    on_cuda = {"progress": False, "device": "cuda", "checkpoint_seconds": 0}
+    train(recipe, tiny_cifar, tmp_path / "full", **on_cuda)
+    kill_after_saves(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tiny_cifar, tmp_path / "split", **on_cuda)
+    train(recipe, tiny_cifar, tmp_path / "split", resume=True, **on_cuda)
+    full = load_file(str(tmp_path / "full" / "model.safetensors"))
+    split = load_file(str(tmp_path / "split" / "model.safetensors"))
+    for key in full:
+        assert torch.allclose(full[key], split[key], atol=1e-5), key
 
 
 def test_resume_refuses_more_epochs_of_a_cosine_schedule(tiny_cifar, tmp_path):
