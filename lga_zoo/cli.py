@@ -160,6 +160,12 @@ def _publish(args: argparse.Namespace) -> int:
     params = sum(p.numel() for p in model.backbone.parameters())
     if params != entry.num_params:
         raise ValueError(f"{source} has {params} parameters, the registry says {entry.num_params}")
+    differences = _differences_from_entry(model.config, entry)
+    if differences:
+        raise ValueError(
+            f"{source} is not the model {entry.name} describes: " + "; ".join(differences) + ". Train it "
+            f"with {entry.recipe}, or register it under its own name"
+        )
     dest = model_card_dir(args.name)
     dest.mkdir(parents=True, exist_ok=True)
     for name in (WEIGHTS_NAME, CONFIG_NAME):
@@ -176,11 +182,38 @@ def _publish(args: argparse.Namespace) -> int:
         sha256=sha256_of(weights),
         size=weights.stat().st_size,
         config_sha256=sha256_of(dest / CONFIG_NAME),
+        revision=None,  # the pinned commit held the replaced files; `lga-zoo push --pin` records a new one
     )
     write_entries([entry if e.name == entry.name else e for e in all_entries()])
     print(f"published {source} as {dest}; sha256 {entry.sha256}, {entry.size} bytes pinned in zoo.json")
     _drop_results_of_other_weights(dest / RESULTS_NAME, entry.sha256)
     return _card(argparse.Namespace(name=args.name, results=None))
+
+
+def _differences_from_entry(config: dict, entry) -> list[str]:
+    """How a run's config.json differs from its registry entry in what the weights were trained
+    with: activation (and Softplus beta), class names and preprocessing."""
+    cfg, ours = config["pretrained_cfg"], config.get("lga_zoo", {})
+    run = {
+        "activation": ours.get("activation", "relu"),
+        "classes": config.get("label_names"),
+        "mean": cfg["mean"],
+        "std": cfg["std"],
+        "input_size": cfg["input_size"],
+        "interpolation": cfg.get("interpolation", "bilinear"),
+        "crop_pct": cfg.get("crop_pct", 1.0),
+    }
+    if entry.activation == "softplus":
+        run["softplus_beta"] = ours.get("softplus_beta", 20.0)
+    return [
+        f"{key} {value!r}, the registry says {getattr(entry, key)!r}"
+        for key, value in run.items()
+        if _as_lists(value) != _as_lists(getattr(entry, key))
+    ]
+
+
+def _as_lists(value):
+    return [_as_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def _drop_results_of_other_weights(results_path: Path, sha256: str) -> None:
@@ -198,11 +231,12 @@ def _drop_results_of_other_weights(results_path: Path, sha256: str) -> None:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from .hub import model_card_dir, push
+    from .hub import model_card_dir, push, refuse_a_folder_named_like_a_zoo_model
     from .registry import all_entries, get_entry, write_entries
 
     own_folder = Path(args.name).expanduser()
     if own_folder.is_dir():
+        refuse_a_folder_named_like_a_zoo_model(args.name)
         if args.pin:
             raise ValueError(
                 "--pin records a zoo model's revision; a folder of your own has no registry entry"

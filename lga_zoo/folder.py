@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torchvision.transforms import InterpolationMode
 
-from .models import ExplainableClassifier, create_backbone
+from .models import ACTIVATIONS, ExplainableClassifier, create_backbone
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -174,24 +177,76 @@ def _check_config(config: Any, path: Path) -> None:
     if missing:
         raise WeightsError(f"{str(path)!r}: pretrained_cfg lacks the lists {missing}; {accepted}")
     labels = config.get("label_names")
-    if labels is not None and (not isinstance(labels, list) or len(labels) != config["num_classes"]):
+    if labels is not None and (
+        not isinstance(labels, list)
+        or len(labels) != config["num_classes"]
+        or not all(isinstance(label, str) for label in labels)
+    ):
         raise WeightsError(
             f"{str(path)!r}: label_names must be a list of num_classes={config['num_classes']} names"
         )
     if not isinstance(config.get("lga_zoo", {}), dict):
         raise WeightsError(f"{str(path)!r}: 'lga_zoo' must be an object; {accepted}")
+    problems = _config_value_problems(config)
+    if problems:
+        raise WeightsError(f"{str(path)!r}: " + "; ".join(problems))
+
+
+INTERPOLATIONS = tuple(mode.value for mode in InterpolationMode)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _config_value_problems(config: dict[str, Any]) -> list[str]:
+    """What is wrong with the values of a config.json that has every key (empty when nothing): the
+    architecture must be a timm model registered here (no ``hf-hub:`` or other prefix that would
+    fetch a remote definition), the preprocessing and activation numbers must make sense."""
+    problems = []
+    architecture = config["architecture"]
+    if ":" in architecture or not timm.is_model(architecture):
+        problems.append(f"architecture={architecture!r} is not a timm model name (such as 'resnet18_cifar')")
+    if config["num_classes"] < 1:
+        problems.append(f"num_classes={config['num_classes']} must be >= 1")
+    cfg = config["pretrained_cfg"]
+    size = cfg["input_size"]
+    size_ok = len(size) == 3 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in size)
+    if not size_ok:
+        problems.append(f"input_size={size!r} must be [channels, height, width], positive integers")
+    channels = size[0] if size_ok else None
+    for key in ("mean", "std"):
+        values = cfg[key]
+        if not all(_is_number(v) for v in values) or (channels is not None and len(values) != channels):
+            problems.append(f"{key}={values!r} must be one finite number per input channel")
+        elif key == "std" and not all(v > 0 for v in values):
+            problems.append(f"std={values!r} must be > 0 (images are divided by it)")
+    interpolation = cfg.get("interpolation", "bilinear")
+    if interpolation not in INTERPOLATIONS:
+        problems.append(f"interpolation={interpolation!r} is not one of {INTERPOLATIONS}")
+    crop_pct = cfg.get("crop_pct", 1.0)
+    if not _is_number(crop_pct) or not 0 < crop_pct <= 1:
+        problems.append(f"crop_pct={crop_pct!r} must be a fraction in (0, 1]")
+    ours = config.get("lga_zoo", {})
+    if ours.get("activation", "relu") not in ACTIVATIONS:
+        problems.append(f"lga_zoo.activation={ours.get('activation')!r} is not one of {ACTIVATIONS}")
+    beta = ours.get("softplus_beta", 20.0)
+    if not _is_number(beta) or beta <= 0:
+        problems.append(f"lga_zoo.softplus_beta={beta!r} must be a finite number > 0")
+    return problems
 
 
 def model_from_config(config: dict[str, Any]) -> ExplainableClassifier:
     """An untrained :class:`ExplainableClassifier` with the architecture config.json describes."""
     ours = config.get("lga_zoo", {})
     cfg = config["pretrained_cfg"]
-    backbone = create_backbone(
-        config["architecture"],
-        num_classes=config["num_classes"],
-        activation=ours.get("activation", "relu"),
-        softplus_beta=ours.get("softplus_beta", 20.0),
-    )
+    with torch.random.fork_rng(devices=[]):  # the random init, overwritten by the weights, draws here
+        backbone = create_backbone(
+            config["architecture"],
+            num_classes=config["num_classes"],
+            activation=ours.get("activation", "relu"),
+            softplus_beta=ours.get("softplus_beta", 20.0),
+        )
     return ExplainableClassifier(
         backbone,
         mean=cfg["mean"],

@@ -9,6 +9,7 @@ or ``local_files_only=True`` never touches the network.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -68,15 +69,35 @@ def verify_file(path: Path, sha256: str, size: int | None = None, remove_if_bad:
         else "corrupted or tampered"
     )
     removed = ""
-    if remove_if_bad:
-        real = path.resolve()
-        real.unlink(missing_ok=True)
-        if path.is_symlink():
-            path.unlink(missing_ok=True)
+    if remove_if_bad and cache_blob_is_intact(path.resolve(), actual):
+        what = (
+            "intact, but not the pinned file: the Hub repo holds other files at this revision than the "
+            "registry pins. Load the pinned revision, or update lga-zoo (the file stays in the cache)"
+        )
+    elif remove_if_bad:
+        _remove_from_cache(path)
         removed = " It was removed from the cache; the next load downloads it again."
     raise WeightsError(
         f"sha256 mismatch for {str(path)!r}: expected {sha256}, got {actual}; the file is {what}.{removed}"
     )
+
+
+def cache_blob_is_intact(blob: Path, sha256: str) -> bool:
+    """Whether a Hugging Face cache blob holds what its name says: a Git LFS file (weights) is named
+    by its sha256, any other file (config.json) by its git blob sha1."""
+    if blob.name == sha256:
+        return True
+    if len(blob.name) != 40:  # a sha256 name that is not this file's hash: corrupted
+        return False
+    data = blob.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == blob.name
+
+
+def _remove_from_cache(path: Path) -> None:
+    """Delete a cache file: its blob and the snapshot's link to it."""
+    path.resolve().unlink(missing_ok=True)
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
 
 
 def _download(
@@ -107,9 +128,14 @@ def _download(
 
 
 def _attach(
-    model: ExplainableClassifier, entry: ZooEntry | None, source: str, verified_sha256: str | None = None
+    model: ExplainableClassifier,
+    entry: ZooEntry | None,
+    source: str,
+    verified_sha256: str | None = None,
+    revision: str | None = None,
 ) -> ExplainableClassifier:
-    """Set ``.entry``, ``.source`` and ``.sha256`` (the pin just verified, else hashed here)."""
+    """Set ``.entry``, ``.source`` and ``.sha256`` (the pin just verified, else hashed here); the
+    ``pretrained_cfg`` names ``revision``, the one read (default: the entry's pinned one)."""
     model.entry = entry
     model.source = source
     if verified_sha256 is not None:
@@ -120,7 +146,7 @@ def _attach(
         model.pretrained_cfg = {
             **model.pretrained_cfg,
             "hf_hub_id": entry.hf_repo_id,
-            "revision": entry.revision,
+            "revision": revision or entry.revision,
             "architecture": entry.architecture,
             "tag": entry.name,
         }
@@ -206,6 +232,7 @@ def load(
     text = str(name_or_path)
     path = Path(text).expanduser()
     if path.is_dir():
+        refuse_a_folder_named_like_a_zoo_model(text)
         return _load_folder(path, device, verify)
     if not text.startswith(HF_PREFIX) and (text.startswith((".", "/", "~")) or os.sep in text):
         raise WeightsError(
@@ -220,6 +247,12 @@ def load(
                 f"loading {text} with verify=False: its files are not checked against any pin", stacklevel=2
             )
         checked = pinned if verify else None
+        if verify and pinned is None and any(e.hf_repo_id == repo_id for e in _all_entries()):
+            warnings.warn(
+                f"{text}: revision {revision} is not the one the zoo pins for {repo_id}; "
+                "its sha256 cannot be checked against the registry",
+                stacklevel=2,
+            )
         folder = _fetch(repo_id, revision, cache_dir, offline, checked, text)
         return _attach(
             load_model_folder(folder, device),
@@ -267,7 +300,20 @@ def load(
         entry,
         f"hub:{entry.hf_repo_id}@{revision or entry.revision or 'main'}",
         entry.sha256 if verify and pinned else None,
+        revision,
     )
+
+
+def refuse_a_folder_named_like_a_zoo_model(text: str) -> None:
+    """A bare zoo name that is also a folder here (other than the checkout's own copy) is ambiguous:
+    a :class:`WeightsError` says how to name the folder (``./NAME``) instead."""
+    if text.startswith((".", "/", "~")) or os.sep in text or text not in list_models(pretrained=False):
+        return
+    if Path(text).resolve() != model_card_dir(text).resolve():
+        raise WeightsError(
+            f"{text!r} is both a zoo model and a folder in the current directory; name the folder as "
+            f"a path ('./{text}'), or use the zoo model from another directory"
+        )
 
 
 def _all_entries() -> list[ZooEntry]:
@@ -294,9 +340,8 @@ def _fetch(
         try:
             verify_config(config, entry)
         except WeightsError:
-            config.resolve().unlink(missing_ok=True)  # the blob, and the snapshot's link to it
-            if config.is_symlink():
-                config.unlink(missing_ok=True)
+            if not cache_blob_is_intact(config.resolve(), sha256_of(config)):
+                _remove_from_cache(config)  # corrupted: never used again
             raise
     if config.parent != weights.parent:
         raise WeightsError(
@@ -396,6 +441,7 @@ def push(
         raise WeightsError(
             f"{str(folder)!r} lacks {missing}; a pushable folder holds weights, config and card"
         )
+    _refuse_results_of_other_weights(folder)
     api = api or HfApi(token=token)
     api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
     # A folder without results (`lga-zoo publish` drops those of replaced weights) also removes the
@@ -410,6 +456,20 @@ def push(
         delete_patterns=stale or None,
     )
     return getattr(info, "oid", None) or str(info)
+
+
+def _refuse_results_of_other_weights(folder: Path) -> None:
+    """A results.json measured on other weights than the folder's would put their figures on the
+    Hub's card: refused, naming both hashes."""
+    if not (folder / RESULTS_NAME).is_file():
+        return
+    measured = json.loads((folder / RESULTS_NAME).read_text()).get("model", {}).get("sha256")
+    weights = sha256_of(folder / WEIGHTS_NAME)
+    if measured != weights:
+        raise WeightsError(
+            f"{str(folder / RESULTS_NAME)!r} measured other weights (sha256 {measured}) than "
+            f"{WEIGHTS_NAME} ({weights}); evaluate these weights again or remove it before pushing"
+        )
 
 
 def available_here(name: str) -> str:

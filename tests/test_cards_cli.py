@@ -341,3 +341,28 @@ def test_a_card_refresh_keeps_registry_edits_made_after_the_process_read_it(priv
     assert written["resnet18_w16_cifar10_standard"]["notes"] == "Edited while an evaluation ran."
     assert written["resnet18_w16_cifar10_lga"]["metrics"]["accuracy"] == 0.4321
     assert not list(tmp_path.glob(".zoo.json.tmp*"))
+
+
+def test_publish_refuses_a_run_trained_otherwise_than_its_entry(private_zoo, tmp_path, capsys):
+    """Architecture and parameter count are not enough: a run with another activation, other class
+    names or other normalization would be pinned under a name that describes something else."""
+    entry = registry.get_entry(NAME)
+    save_folder(untrained(NAME), entry, None, tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config["label_names"].reverse()
+    config["pretrained_cfg"]["mean"] = [0.5, 0.5, 0.5]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert cli.main(["publish", NAME, "--from", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"is not the model {NAME} describes" in err and "classes ['truck'" in err and "mean [0.5" in err
+    assert registry.get_entry(NAME).sha256 == entry.sha256
+    assert not (tmp_path / "model_cards" / NAME / "model.safetensors").exists()
+
+
+def test_publish_forgets_the_pinned_commit_of_the_replaced_weights(private_zoo, tmp_path):
+    entries = [replace(e, revision="d" * 40) if e.name == NAME else e for e in registry.all_entries()]
+    registry.write_entries(entries)
+    save_folder(untrained(NAME), registry.get_entry(NAME), None, tmp_path / "run")
+    assert cli.main(["publish", NAME, "--from", str(tmp_path / "run")]) == 0
+    assert registry.get_entry(NAME).revision is None  # `lga-zoo push --pin` records the new one

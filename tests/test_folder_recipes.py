@@ -261,7 +261,7 @@ def test_resuming_a_finished_run_keeps_its_folder(tiny_cifar, tmp_path):
     (tmp_path / "README.md").write_text("a card with evaluation results")
     train(recipe(2), tiny_cifar, tmp_path, resume=True, progress=False)
     assert (tmp_path / "README.md").read_text() == "a card with evaluation results"
-    with pytest.raises(ValueError, match="trained 2 epochs, more than the 1 asked for"):
+    with pytest.raises(ValueError, match="trained 2 epochs, more than the 1 epochs asked for"):
         train(recipe(1), tiny_cifar, tmp_path, resume=True, progress=False)
 
 

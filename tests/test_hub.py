@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 from dataclasses import replace
@@ -48,14 +49,16 @@ def pinned_registry(monkeypatch, tmp_path):
 
 
 def lay_out_hf_cache(cache: Path, repo_id: str, folder: Path, commit: str, ref: str | None = "main") -> Path:
-    """The Hugging Face cache layout: blobs named by hash, snapshot symlinks, refs/<branch>."""
+    """The Hugging Face cache layout: blobs named by hash (the LFS weights by sha256, the other files
+    by their git blob sha1), snapshot symlinks, refs/<branch>."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     (repo / "blobs").mkdir(parents=True, exist_ok=True)
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True, exist_ok=True)
     for name in ("model.safetensors", "config.json", "README.md"):
         data = (folder / name).read_bytes()
-        blob = repo / "blobs" / sha256_of(folder / name)
+        git_sha1 = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        blob = repo / "blobs" / (sha256_of(folder / name) if name == "model.safetensors" else git_sha1)
         blob.write_bytes(data)
         link = snapshot / name
         if link.exists() or link.is_symlink():
@@ -118,7 +121,8 @@ def test_hf_cache_offline_default_revision_and_commit(pinned_registry, tmp_path,
     by_pin = lga_zoo.load(NAME, cache_dir=str(cache))
     assert same_outputs(model, by_pin) and by_pin.source == f"hub:{entry.hf_repo_id}@{COMMIT}"
     # hf-hub: form, by branch (refs/main) and by commit id
-    by_branch = lga_zoo.load(f"hf-hub:{entry.hf_repo_id}@main", cache_dir=str(cache))
+    with pytest.warns(UserWarning, match="revision main is not the one the zoo pins"):
+        by_branch = lga_zoo.load(f"hf-hub:{entry.hf_repo_id}@main", cache_dir=str(cache))
     by_commit = lga_zoo.load(f"hf-hub:{entry.hf_repo_id}@{COMMIT}", cache_dir=str(cache))
     assert same_outputs(model, by_branch) and same_outputs(model, by_commit)
     assert by_commit.entry.name == NAME
@@ -152,6 +156,42 @@ def test_tampered_cache_blob_is_refused_and_removed(pinned_registry, tmp_path, m
     assert not blob.exists()
     with pytest.raises(WeightsError, match="not in .*HF_HUB_OFFLINE=1.*lga-zoo download"):
         lga_zoo.load(NAME, cache_dir=str(cache))
+
+
+def test_pinned_files_read_at_a_main_that_moved_on_stay_in_the_cache(pinned_registry, tmp_path, monkeypatch):
+    """An entry without a commit is read at main; once main holds newer weights, the pinned load
+    fails, but the newer files are intact (each blob matches its name) and are not deleted: the
+    revision that holds them still loads, and reports that revision."""
+    _, folder, entry = pinned_registry
+    registry._entries()[NAME] = replace(entry, revision=None)
+    cache = tmp_path / "hf"
+    lay_out_hf_cache(cache, entry.hf_repo_id, folder, COMMIT, ref=None)
+    _, newer = make_folder(tmp_path / "newer", seed=1)
+    moved = lay_out_hf_cache(cache, entry.hf_repo_id, newer, OTHER_COMMIT)  # main: the newer weights
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="intact, but not the pinned file.*stays in the cache"):
+        lga_zoo.load(NAME, cache_dir=str(cache))
+    assert (moved / "model.safetensors").resolve().is_file()
+    with pytest.warns(UserWarning, match="not the pinned"):
+        model = lga_zoo.load(NAME, revision=OTHER_COMMIT, cache_dir=str(cache))
+    assert model.sha256 == sha256_of(newer / "model.safetensors")
+    assert model.pretrained_cfg["revision"] == OTHER_COMMIT
+
+
+def test_a_folder_named_like_a_zoo_model_is_not_taken_for_it(tmp_path, monkeypatch):
+    """A folder in the working directory that has a zoo model's name is ambiguous: an error says
+    how to name either, instead of loading (or pushing) the folder as if it were the zoo model."""
+    from lga_zoo import cli
+
+    make_folder(tmp_path / NAME, seed=1)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WeightsError, match=f"both a zoo model and a folder.*'./{NAME}'"):
+        lga_zoo.load(NAME)
+    assert lga_zoo.load(f"./{NAME}").entry is None  # the folder, named as a path
+    api = RecordingApi()
+    monkeypatch.setattr(hub, "HfApi", lambda token=None: api)
+    assert cli.main(["push", NAME, "--repo-id", "me/x"]) == 2
+    assert api.calls == []
 
 
 def test_truncated_checkout_file_is_refused(pinned_registry, tmp_path, monkeypatch):
@@ -225,6 +265,35 @@ def test_push_creates_repo_then_uploads(tmp_path):
     (folder / "README.md").unlink()
     with pytest.raises(WeightsError, match="lacks \\['README.md'\\]"):
         push(folder, "lga-zoo/test-model", api=RecordingApi())
+
+
+def test_push_refuses_results_measured_on_other_weights(tmp_path):
+    _, folder = make_folder(tmp_path / "m")
+    weights_sha256 = sha256_of(folder / "model.safetensors")
+    results = {"model": {"name": NAME, "sha256": "e" * 64}, "metrics": {}}
+    (folder / "results.json").write_text(json.dumps(results))
+    api = RecordingApi()
+    with pytest.raises(
+        WeightsError, match=f"measured other weights .sha256 e{{64}}. than .*{weights_sha256}"
+    ):
+        push(folder, "lga-zoo/test-model", api=api)
+    assert api.calls == []
+    results["model"]["sha256"] = weights_sha256
+    (folder / "results.json").write_text(json.dumps(results))
+    push(folder, "lga-zoo/test-model", api=api)
+    assert "results.json" in api.uploaded
+
+
+def test_hf_hub_load_at_another_revision_of_a_zoo_repo_warns(pinned_registry, tmp_path, monkeypatch):
+    _, folder, entry = pinned_registry
+    cache = tmp_path / "hf"
+    lay_out_hf_cache(cache, entry.hf_repo_id, folder, COMMIT)
+    _, other = make_folder(tmp_path / "other", seed=1)
+    lay_out_hf_cache(cache, entry.hf_repo_id, other, OTHER_COMMIT, ref="dev")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.warns(UserWarning, match=f"revision dev is not the one the zoo pins for {entry.hf_repo_id}"):
+        model = lga_zoo.load(f"hf-hub:{entry.hf_repo_id}@dev", cache_dir=str(cache))
+    assert model.entry is None and model.sha256 == sha256_of(other / "model.safetensors")
 
 
 def test_saved_card_front_matter_is_valid_yaml(tmp_path):
@@ -333,6 +402,19 @@ def test_an_entry_without_a_pinned_commit_is_checked_at_main(pinned_registry, tm
         (lambda c: c.update(label_names=["a", "b"]), "label_names must be a list of num_classes=10"),
         (lambda c: c.update(lga_zoo=None), "'lga_zoo' must be an object"),
         (lambda c: c.clear() or c.update(a=1), "'architecture' is missing"),  # e.g. a transformers config
+        # values that loaded and failed later (or fetched a remote model definition)
+        (
+            lambda c: c.update(architecture="hf-hub:someone/model"),
+            "'hf-hub:someone/model' is not a timm model",
+        ),
+        (lambda c: c["pretrained_cfg"].update(std=[0, 0, 0]), r"std=\[0, 0, 0\] must be > 0"),
+        (lambda c: c["pretrained_cfg"].update(mean=["a", "b", "c"]), "must be one finite number per input"),
+        (lambda c: c["pretrained_cfg"].update(input_size=[3]), r"must be \[channels, height, width\]"),
+        (lambda c: c["pretrained_cfg"].update(interpolation="nope"), "interpolation='nope' is not one of"),
+        (lambda c: c["pretrained_cfg"].update(crop_pct=1.5), "crop_pct=1.5 must be a fraction in"),
+        (lambda c: c["lga_zoo"].update(softplus_beta="3"), "softplus_beta='3' must be a finite number > 0"),
+        (lambda c: c["lga_zoo"].update(activation="gelu"), "activation='gelu' is not one of"),
+        (lambda c: c.update(label_names=list(range(10))), "label_names must be a list of num_classes=10"),
     ],
 )
 def test_a_foreign_or_broken_config_is_named(tmp_path, change, message, capsys):
@@ -347,6 +429,16 @@ def test_a_foreign_or_broken_config_is_named(tmp_path, change, message, capsys):
     assert cli.main(["explain", str(REPO / "examples" / "cat.jpg"), "--model", str(folder)]) == 2
     err = capsys.readouterr().err
     assert message.replace("\\", "") in err and "Traceback" not in err
+
+
+def test_loading_leaves_the_global_random_state_alone(tmp_path):
+    """The backbone's random initialisation, overwritten by the weights, draws from a forked RNG."""
+    _, folder = make_folder(tmp_path / "m")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    lga_zoo.load(folder)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_a_config_that_is_not_an_object_is_named(tmp_path):
