@@ -15,10 +15,12 @@ optionally cutout).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -122,7 +124,9 @@ def read_image_folder(
     ``size`` resizes them); classes sorted by name unless given."""
     if not folder.is_dir():
         raise DataError(f"image folder {str(folder)!r} does not exist; expected '<class>/*.jpg' inside it")
-    classes = classes or tuple(sorted(p.name for p in folder.iterdir() if p.is_dir()))
+    classes = classes or tuple(
+        sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    )
     images, labels = [], []
     for label, name in enumerate(classes):
         class_dir = folder / name
@@ -131,13 +135,12 @@ def read_image_folder(
                 f"class folder {str(class_dir)!r} is missing; expected one folder per class {classes}"
             )
         for path in sorted(class_dir.iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                if size is not None:
-                    img = img.resize((size, size), Image.BILINEAR)
-                images.append(np.asarray(img, dtype=np.uint8))
+            if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+                continue  # also the ._NAME.jpg files that macOS copies leave beside each image
+            img = read_rgb8(path)
+            if size is not None:
+                img = img.resize((size, size), Image.BILINEAR)
+            images.append(np.asarray(img, dtype=np.uint8))
             labels.append(label)
     if not images:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(folder)!r}")
@@ -145,6 +148,20 @@ def read_image_folder(
     if len(shapes) > 1:
         raise DataError(f"images under {str(folder)!r} have different sizes {sorted(shapes)[:3]}; pass size=")
     return ImageArrays(np.stack(images), np.asarray(labels, dtype=np.int64), classes)
+
+
+def read_rgb8(path: Path) -> Image.Image:
+    """The image file at ``path`` as 8-bit RGB, its pixels read as ``explain`` reads them (16-bit
+    and float grey images scaled, not clipped at 255); a file Pillow cannot read raises
+    :class:`DataError` naming it."""
+    from .inputs import InputError, rgb8_image
+
+    try:
+        with Image.open(path) as img:
+            return rgb8_image(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        detail = str(err) if isinstance(err, InputError) else type(err).__name__
+        raise DataError(f"cannot read image {str(path)!r} ({detail})") from None
 
 
 def _unpack_archive(archive: Path, dest: Path) -> Path:
@@ -196,6 +213,29 @@ def load_cifar10(data_dir: str | os.PathLike, split: str = "train") -> ImageArra
         raise ValueError(f"split={split!r}; accepted: 'train', 'test'")
     kind, source = _find_cifar_source(Path(data_dir).expanduser())
     cache_dir = cache_root() / f"cifar10-{_source_key(source)}"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(cache_dir / ".lock"):  # DDP ranks (or two runs) decode it once, in turn
+        return _load_cifar10_cached(kind, source, split, cache_dir)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (a file created for it) for the block: other processes
+    that take it wait. Where ``fcntl`` is missing (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _load_cifar10_cached(kind: str, source: Path, split: str, cache_dir: Path) -> ImageArrays:
     cached = cache_dir / f"{split}.npz"
     remove_stale_temporaries(cache_dir)
     remove_stale_temporaries(cache_dir.parent)

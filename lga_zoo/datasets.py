@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .data import IMAGE_SUFFIXES, DataError, TensorBatches, imagenet100_wnids, load_cifar10
+from .data import IMAGE_SUFFIXES, DataError, TensorBatches, imagenet100_wnids, load_cifar10, read_rgb8
 
 DATASETS = ("cifar10", "imagenet100", "folder")
 FOLDER_LAYOUT = "'train/<class>/*' and 'val/<class>/*' (or 'test/<class>/*') under the data directory"
@@ -83,8 +83,12 @@ class ImageFiles(torch.utils.data.Dataset):
         transform=None,
         seed: int | None = None,
         every_class: bool = False,
+        substitute_unreadable: bool = True,
     ):
         self.root, self.classes, self.transform = root, classes, transform
+        # Training keeps its batch sizes by taking the next readable image for an unreadable one;
+        # an evaluation split leaves it out instead (None), so that no image is counted twice.
+        self.substitute_unreadable = substitute_unreadable
         # With a seed, the random transform of sample i in epoch e draws from a generator seeded by
         # (seed, e, i) alone: the same augmentation whatever the worker, the batch or a resume.
         self.seed, self.epoch = seed, 0
@@ -97,7 +101,7 @@ class ImageFiles(torch.utils.data.Dataset):
             found = [
                 (p, label)
                 for p in sorted(class_dir.iterdir())
-                if p.suffix.lower() in suffixes and p.is_file()
+                if p.suffix.lower() in suffixes and p.is_file() and not p.name.startswith(".")
             ]
             if every_class and not found:
                 raise DataError(
@@ -114,12 +118,11 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def _open(self, path: Path) -> Image.Image | None:
         try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            return read_rgb8(path)
+        except DataError as err:
             if path not in self.reported:
                 self.reported.add(path)
-                print(f"lga-zoo: skipping unreadable image {path} ({type(err).__name__})", file=sys.stderr)
+                print(f"lga-zoo: skipping an unreadable image: {err}", file=sys.stderr)
             return None
 
     def _transformed(self, image: Image.Image, index: int) -> Any:
@@ -132,12 +135,16 @@ class ImageFiles(torch.utils.data.Dataset):
         try:
             with torch.random.fork_rng(devices=[]):
                 random.seed(sample_seed)
-                torch.manual_seed(sample_seed % (2**63))
+                torch.random.default_generator.manual_seed(sample_seed % (2**63))  # not the GPUs'
                 return self.transform(image)
         finally:
             random.setstate(python_state)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, index: int) -> tuple[Any, int] | None:
+        if not self.substitute_unreadable:
+            path, label = self.samples[index]
+            image = self._open(path)
+            return None if image is None else (self._transformed(image, index), label)
         for offset in range(len(self.samples)):
             path, label = self.samples[(index + offset) % len(self.samples)]
             image = self._open(path)
@@ -193,11 +200,19 @@ class FolderBatches:
         batches = self._order()[start_step:]
         if not batches:
             return iter(())
-        loader = torch.utils.data.DataLoader(self.files, batch_sampler=batches, num_workers=self.workers)
-        return ((x, torch.as_tensor(y)) for x, y in loader)
+        loader = torch.utils.data.DataLoader(
+            self.files, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate_readable
+        )
+        return ((x, torch.as_tensor(y)) for x, y in (batch for batch in loader if batch is not None))
 
     def __iter__(self):
         return self.iterate(0)
+
+
+def _collate_readable(samples: list[tuple[Any, int] | None]) -> Any:
+    """The default collation of the samples that could be read (None: none could)."""
+    readable = [sample for sample in samples if sample is not None]
+    return torch.utils.data.default_collate(readable) if readable else None
 
 
 @dataclass
@@ -272,7 +287,7 @@ def prepare_data(
     if recipe.max_train_images:
         keep = torch.randperm(len(train_files), generator=torch.Generator().manual_seed(recipe.seed))
         train_files.samples = [train_files.samples[i] for i in keep[: recipe.max_train_images].tolist()]
-    eval_files = ImageFiles(root / eval_split, classes, eval_transform)
+    eval_files = ImageFiles(root / eval_split, classes, eval_transform, substitute_unreadable=False)
     common = {"seed": recipe.seed, "rank": rank, "world_size": world_size, "workers": workers}
     train = FolderBatches(train_files, recipe.batch_size, shuffle=True, drop_last=True, **common)
     test = FolderBatches(eval_files, max(recipe.batch_size, 64), **common)

@@ -98,6 +98,17 @@ def _pil_to_tensor(img: Image.Image, channels: int) -> Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255)
 
 
+def rgb8_image(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB with the pixel values :func:`to_batch` reads: 16-bit and float (``F``)
+    grey images are scaled to 0..255 (Pillow's ``convert("RGB")`` clips them at 255); every other
+    mode goes through ``convert("RGB")``. A 16-bit or float image out of range raises
+    :class:`InputError`."""
+    if img.mode in SIXTEEN_BIT_MODES or img.mode == "F":
+        grey = _pil_to_tensor(img, 1)[0].mul(255).round().to(torch.uint8).numpy()
+        return Image.fromarray(grey).convert("RGB")
+    return img.convert("RGB")
+
+
 def open_image(path, max_pixels: int | None = None) -> Image.Image:
     """Open an image file fully (decoded, the file closed again); a missing path, a folder, a file
     PIL cannot read or (with ``max_pixels``) one larger than that raises :class:`InputError` naming

@@ -234,3 +234,120 @@ def test_a_cutout_recipe_reaches_the_training_batches(tiny_cifar):
     data = prepare_data(recipe, tiny_cifar, backbone.pretrained_cfg)
     assert data.train.cutout == 5 and data.train.augment and data.test.cutout == 0
     assert data.train.cutout_fill == (0.4914, 0.4822, 0.4465)  # resnet18_w16_cifar's normalization mean
+
+
+def _grey_gradient_png(path, sixteen_bit: bool) -> None:
+    from PIL import Image
+
+    ramp = np.linspace(0, 1, 32 * 32).reshape(32, 32)
+    if sixteen_bit:
+        Image.fromarray((ramp * 65535).round().astype(np.uint16)).save(path)
+    else:
+        Image.fromarray((ramp * 255).round().astype(np.uint8)).save(path)
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    """Pillow's convert("RGB") clips a 16-bit PNG at 255 (almost white); the data sets read it as
+    explain does, and as its 8-bit copy reads."""
+    from PIL import Image
+
+    from lga_zoo.data import read_image_folder
+    from lga_zoo.datasets import ImageFiles
+    from lga_zoo.inputs import open_image, to_batch
+
+    for split in ("train", "test"):
+        for name in CIFAR10_CLASSES[:2]:
+            (tmp_path / split / name).mkdir(parents=True)
+            _grey_gradient_png(tmp_path / split / name / "a16.png", sixteen_bit=True)
+            _grey_gradient_png(tmp_path / split / name / "b8.png", sixteen_bit=False)
+    with Image.open(tmp_path / "train" / "airplane" / "a16.png") as img:
+        assert img.mode.startswith("I")  # as Pillow opens a 16-bit PNG
+    arrays = read_image_folder(tmp_path / "train", CIFAR10_CLASSES[:2])
+    assert np.abs(arrays.images[0].astype(int) - arrays.images[1].astype(int)).max() <= 1
+    assert abs(arrays.images[0].mean() - 127.5) < 1
+    files = ImageFiles(tmp_path / "train", CIFAR10_CLASSES[:2])
+    sixteen, _ = files[0]
+    explained = to_batch(open_image(tmp_path / "train" / "airplane" / "a16.png"), (3, 32, 32))[0]
+    assert np.allclose(np.asarray(sixteen) / 255, explained.permute(1, 2, 0).numpy(), atol=1 / 255)
+
+
+def test_hidden_files_are_not_images_and_an_unreadable_evaluation_image_is_left_out(tmp_path, capsys):
+    """macOS copies leave ._NAME.jpg beside each image: not samples. An evaluation split leaves out
+    an image it cannot read instead of counting the next image twice."""
+    from PIL import Image
+
+    from lga_zoo.data import read_image_folder
+    from lga_zoo.datasets import FolderBatches, ImageFiles
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / name / f"{i}.jpg")
+            (tmp_path / name / f"._{i}.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    assert read_image_folder(tmp_path).classes == ("cat", "dog")
+    assert len(read_image_folder(tmp_path)) == 6
+    assert len(ImageFiles(tmp_path, ("cat", "dog"))) == 6
+    (tmp_path / "dog" / "1.jpg").write_bytes(b"broken")
+    from torchvision.transforms import PILToTensor
+
+    evaluation = ImageFiles(tmp_path, ("cat", "dog"), PILToTensor(), substitute_unreadable=False)
+    labels = torch.cat([y for _, y in FolderBatches(evaluation, batch_size=4)])
+    assert labels.tolist() == [0, 0, 0, 1, 1]  # 5 readable images, each once
+    assert "1.jpg" in capsys.readouterr().err
+    with pytest.raises(DataError, match=r"cannot read image .*dog/1.jpg"):
+        read_image_folder(tmp_path)
+
+
+def test_an_augmented_sample_leaves_the_gpu_generators_alone(tmp_path, monkeypatch):
+    """The per-sample seed goes to the CPU generator only (torch.manual_seed would also reseed
+    every GPU's, which dropout then draws from)."""
+    from PIL import Image
+    from torchvision.transforms import RandomHorizontalFlip
+
+    from lga_zoo.datasets import ImageFiles
+
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "0.jpg")
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    files = ImageFiles(tmp_path, ("cat",), RandomHorizontalFlip(), seed=0)
+    files[0]
+    assert reseeded == []
+
+
+def test_a_second_process_waits_while_one_decodes_the_archive(tiny_cifar, tmp_path):
+    """torchrun starts every rank at once: one unpacks and decodes the archive into the cache while
+    the others wait for its lock (none deletes a folder another reads), then they read the cache."""
+    import os
+    import subprocess
+    import sys
+
+    from lga_zoo.data import _source_key
+
+    fcntl = pytest.importorskip("fcntl", reason="the lock is fcntl's (POSIX)")
+    archive_dir = tmp_path / "data"
+    archive_dir.mkdir()
+    with tarfile.open(archive_dir / "cifar10-jpeg.tar.gz", "w:gz") as tar:
+        tar.add(tiny_cifar / "train", arcname="cifar10/train")
+        tar.add(tiny_cifar / "test", arcname="cifar10/test")
+    cache = tmp_path / "cache"
+    lock_path = cache / f"cifar10-{_source_key(archive_dir / 'cifar10-jpeg.tar.gz')}" / ".lock"
+    lock_path.parent.mkdir(parents=True)
+    code = "import sys; from lga_zoo.data import load_cifar10; print(len(load_cifar10(sys.argv[1], 'test')))"
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as a rank that is decoding holds it
+        rank = subprocess.Popen(
+            [sys.executable, "-c", code, str(archive_dir)],
+            env={**os.environ, "LGA_ZOO_CACHE": str(cache)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        with pytest.raises(subprocess.TimeoutExpired):
+            rank.communicate(timeout=15)  # it waits, and has unpacked nothing
+        assert not (lock_path.parent / "unpacked").exists()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    out, err = rank.communicate(timeout=120)
+    assert rank.returncode == 0, err
+    assert out.strip() == "20"
