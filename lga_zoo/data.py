@@ -39,7 +39,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ACCEPTED_LAYOUTS = (
     "a torchvision 'cifar-10-batches-py' folder (data_batch_1..5, test_batch); "
     "an image-folder tree 'train/<class>/*.jpg' and 'test/<class>/*.jpg' (optionally under 'cifar10/'); "
-    "or the archive 'cifar10-jpeg.tar.gz' (or a folder holding it)"
+    "or the archive 'cifar10-jpeg.tar.gz' or torchvision's 'cifar-10-python.tar.gz' (or a folder holding it)"
 )
 
 
@@ -96,7 +96,7 @@ def _find_cifar_source(data_dir: Path) -> tuple[str, Path]:
             return "batches", folder
         if (folder / "train").is_dir() and (folder / "test").is_dir():
             return "folder", folder
-    for name in ("cifar10-jpeg.tar.gz", "cifar10.tar.gz"):
+    for name in ("cifar10-jpeg.tar.gz", "cifar10.tar.gz", "cifar-10-python.tar.gz"):
         if (data_dir / name).is_file():
             return "archive", data_dir / name
     found = sorted(p.name for p in data_dir.iterdir())[:10]
@@ -164,10 +164,17 @@ def read_rgb8(path: Path) -> Image.Image:
         raise DataError(f"cannot read image {str(path)!r} ({detail})") from None
 
 
-def _unpack_archive(archive: Path, dest: Path) -> Path:
-    """Unpack ``archive`` into ``dest`` once (atomically: a partial unpack is never used)."""
+def _unpack_archive(archive: Path, dest: Path) -> tuple[str, Path]:
+    """Unpack ``archive`` into ``dest`` once (atomically: a partial unpack is never used); returns
+    the layout found in it, ``("folder", path)`` or ``("batches", path)``."""
     done = dest / ".unpacked"
     if not done.exists():
+        if not hasattr(tarfile, "data_filter"):  # Python 3.10.12, 3.11.4 and later have it
+            raise DataError(
+                f"this Python's tarfile cannot unpack {str(archive)!r} safely (no 'data' filter: "
+                "Python 3.10.12 / 3.11.4 or later has it); upgrade Python, or unpack the archive "
+                "and pass the folder"
+            )
         tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
         with tarfile.open(archive) as tar:
@@ -178,10 +185,13 @@ def _unpack_archive(archive: Path, dest: Path) -> Path:
             shutil.rmtree(dest)
         os.replace(tmp, dest)
         done.touch()
-    kind, folder = _find_cifar_source(dest)
-    if kind != "folder":
-        raise DataError(f"archive {str(archive)!r} does not hold 'train/<class>' and 'test/<class>' folders")
-    return folder
+    try:
+        return _find_cifar_source(dest)
+    except DataError:
+        raise DataError(
+            f"archive {str(archive)!r} holds no CIFAR-10 ('train/<class>' and 'test/<class>' folders, "
+            "or torchvision's cifar-10-batches-py)"
+        ) from None
 
 
 def _read_cache(cached: Path) -> ImageArrays | None:
@@ -243,10 +253,12 @@ def _load_cifar10_cached(kind: str, source: Path, split: str, cache_dir: Path) -
         data = _read_cache(cached)
         if data is not None:
             return data
+    if kind == "archive":
+        kind, source = _unpack_archive(source, cache_dir / "unpacked")
     if kind == "batches":
         data = _read_batches(source, split)
     else:
-        folder = _unpack_archive(source, cache_dir / "unpacked") if kind == "archive" else source
+        folder = source
         data = read_image_folder(folder / split, CIFAR10_CLASSES)
         first_class = folder / split / CIFAR10_CLASSES[0]
         if any(p.suffix.lower() in (".jpg", ".jpeg") for p in first_class.iterdir()):

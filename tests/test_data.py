@@ -70,6 +70,12 @@ def test_archive_and_batches_layouts_agree(tiny_cifar, tmp_path):
     from_batches = load_cifar10(tmp_path / "b", "train")
     assert np.array_equal(from_batches.images, train.images)
     assert np.array_equal(from_batches.labels, train.labels)
+    # torchvision's own archive of those batches, as the file or the folder holding it
+    (tmp_path / "tv").mkdir()
+    with tarfile.open(tmp_path / "tv" / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(batches, arcname="cifar-10-batches-py")
+    for given in (tmp_path / "tv", tmp_path / "tv" / "cifar-10-python.tar.gz"):
+        assert np.array_equal(load_cifar10(given, "train").images, train.images)
 
 
 def test_missing_and_malformed_data_dir(tmp_path):
