@@ -18,6 +18,7 @@ from lga_zoo.leaderboard import leaderboard_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "resnet18_w16_cifar10_lga"
+FLAGSHIP_FAMILY = tuple(f"resnet18_cifar10_{kind}" for kind in ("standard", "control", "lga", "hessian"))
 
 
 def sample_results(accuracy=0.8123):
@@ -221,20 +222,22 @@ def test_the_comparison_names_how_many_images_each_model_was_measured_on():
     }
     assert _images_measured(ig_on_all) == "100"
     assert _images_measured({"data": {"n_robustness": 80}, "robustness": {"grad": {}}}) == "80"
-    card = (REPO / "model_cards" / "resnet18_cifar10_standard" / "README.md").read_text()
-    row = next(line for line in card.splitlines() if line.startswith("| **resnet18_cifar10_standard**"))
-    results = json.loads((REPO / "model_cards" / "resnet18_cifar10_standard" / "results.json").read_text())
+    # a member of the flagship family that is evaluated (one replaced by new weights is not, for a while)
+    name = next(
+        n for n in sorted(FLAGSHIP_FAMILY) if (REPO / "model_cards" / n / "results.json").is_file()
+    )
+    card = (REPO / "model_cards" / name / "README.md").read_text()
+    row = next(line for line in card.splitlines() if line.startswith(f"| **{name}**"))
+    results = json.loads((REPO / "model_cards" / name / "results.json").read_text())
     assert row.split(" | ")[3] == _images_measured(results)
-    config = json.loads((REPO / "model_cards" / "resnet18_cifar10_standard" / "config.json").read_text())
+    config = json.loads((REPO / "model_cards" / name / "config.json").read_text())
     epochs, images = config["lga_zoo"]["training"]["epochs"], config["lga_zoo"]["data"]["train_images"]
     batch = config["lga_zoo"]["recipe"]["batch_size"]
     steps = epochs * (images // config["lga_zoo"]["training"].get("world_size", 1) // batch)
     unit = "epoch" if epochs == 1 else "epochs"
     expected = f"{epochs} {unit} over {images:,} images ({steps:,} steps of batch {batch})"
-    assert row.split(" | ")[2] == expected  # e.g. 8 epochs over 50,000 images (3,120 steps of batch 128)
-    board_row = next(
-        line for line in leaderboard_markdown().splitlines() if "| resnet18_cifar10_standard |" in line
-    )
+    assert row.split(" | ")[2] == expected  # e.g. 1 epoch over 50,000 images (390 steps of batch 128)
+    board_row = next(line for line in leaderboard_markdown().splitlines() if f"| {name} |" in line)
     assert board_row.split(" | ")[3] == str(results["data"]["n_robustness"])
 
 
