@@ -128,12 +128,19 @@ def test_hf_cache_offline_default_revision_and_commit(pinned_registry, tmp_path,
     assert by_commit.entry.name == NAME
 
 
+def cache_with_a_dev_revision(tmp_path, folder, repo_id, seed):
+    """An offline HF cache holding ``folder`` at COMMIT (main) and another model's folder at
+    OTHER_COMMIT (ref ``dev``); returns the cache, the other model and its folder."""
+    cache = tmp_path / "hf"
+    lay_out_hf_cache(cache, repo_id, folder, COMMIT)
+    other_model, other = make_folder(tmp_path / "other", seed=seed)
+    lay_out_hf_cache(cache, repo_id, other, OTHER_COMMIT, ref="dev")
+    return cache, other_model, other
+
+
 def test_hf_cache_other_revision_is_a_different_snapshot(pinned_registry, tmp_path, monkeypatch):
     model, folder, entry = pinned_registry
-    cache = tmp_path / "hf"
-    lay_out_hf_cache(cache, entry.hf_repo_id, folder, COMMIT)
-    other_model, other = make_folder(tmp_path / "other", seed=9)
-    lay_out_hf_cache(cache, entry.hf_repo_id, other, OTHER_COMMIT, ref="dev")
+    cache, other_model, _ = cache_with_a_dev_revision(tmp_path, folder, entry.hf_repo_id, seed=9)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.warns(UserWarning, match="not the pinned"):
         loaded = lga_zoo.load(NAME, revision=OTHER_COMMIT, cache_dir=str(cache))
@@ -286,10 +293,7 @@ def test_push_refuses_results_measured_on_other_weights(tmp_path):
 
 def test_hf_hub_load_at_another_revision_of_a_zoo_repo_warns(pinned_registry, tmp_path, monkeypatch):
     _, folder, entry = pinned_registry
-    cache = tmp_path / "hf"
-    lay_out_hf_cache(cache, entry.hf_repo_id, folder, COMMIT)
-    _, other = make_folder(tmp_path / "other", seed=1)
-    lay_out_hf_cache(cache, entry.hf_repo_id, other, OTHER_COMMIT, ref="dev")
+    cache, _, other = cache_with_a_dev_revision(tmp_path, folder, entry.hf_repo_id, seed=1)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.warns(UserWarning, match=f"revision dev is not the one the zoo pins for {entry.hf_repo_id}"):
         model = lga_zoo.load(f"hf-hub:{entry.hf_repo_id}@dev", cache_dir=str(cache))
