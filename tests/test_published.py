@@ -167,7 +167,7 @@ def test_lga_keeps_more_of_its_top_k_under_an_independent_frame_attack(frame_att
 @pytest.mark.xfail(
     strict=False,  # close to the line: another CPU's rounding must not fail CI (XPASS is shown)
     reason="issue 12's target, missed by the one-epoch LGA fine-tune: +0.081 (0.384 -> 0.465; the "
-    "control, the same fine-tune of the stage-3 standard without the regularizer, 0.357); "
+    "control, the same fine-tune without the regularizer, 0.376); "
     "remove this mark when a longer or stronger fine-tune reaches it",
 )
 def test_lga_reaches_the_issue_target_under_an_independent_frame_attack(frame_attack_top_k):
