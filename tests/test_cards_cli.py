@@ -21,6 +21,12 @@ NAME = "resnet18_w16_cifar10_lga"
 FLAGSHIP_FAMILY = tuple(f"resnet18_cifar10_{kind}" for kind in ("standard", "control", "lga", "hessian"))
 
 
+def first_evaluated(names):
+    """The first of ``names`` whose model folder holds a results.json: a member replaced by new
+    weights is not evaluated for a while."""
+    return next(n for n in names if (REPO / "model_cards" / n / "results.json").is_file())
+
+
 def sample_results(accuracy=0.8123):
     stat = lambda m: {"mean": m, "ci95": [m - 0.01, m + 0.01], "n": 100}  # noqa: E731
     return {
@@ -222,8 +228,7 @@ def test_the_comparison_names_how_many_images_each_model_was_measured_on():
     }
     assert _images_measured(ig_on_all) == "100"
     assert _images_measured({"data": {"n_robustness": 80}, "robustness": {"grad": {}}}) == "80"
-    # a member of the flagship family that is evaluated (one replaced by new weights is not, for a while)
-    name = next(n for n in sorted(FLAGSHIP_FAMILY) if (REPO / "model_cards" / n / "results.json").is_file())
+    name = first_evaluated(sorted(FLAGSHIP_FAMILY))
     card = (REPO / "model_cards" / name / "README.md").read_text()
     row = next(line for line in card.splitlines() if line.startswith(f"| **{name}**"))
     results = json.loads((REPO / "model_cards" / name / "results.json").read_text())
@@ -287,12 +292,7 @@ def test_the_comparison_credits_a_regularizer_beyond_more_training_only_beside_a
 
     beyond = "is what the regularizer adds beyond more training"
     missing = "No control (the same extra training without a regularizer) is evaluated yet"
-    # an evaluated regularized member (one replaced by new weights is not, for a while)
-    name = next(
-        n
-        for n in ("resnet18_cifar10_lga", "resnet18_cifar10_hessian")
-        if (REPO / "model_cards" / n / "results.json").is_file()
-    )
+    name = first_evaluated(("resnet18_cifar10_lga", "resnet18_cifar10_hessian"))
     assert beyond in text(name) and missing not in text(name)
     assert missing in text(name, drop="resnet18_cifar10_control")
     assert beyond not in text(name, drop="resnet18_cifar10_control")
