@@ -492,8 +492,40 @@ def save_checkpoint(run: Run, path: Path, epochs_done: int, step_in_epoch: int, 
             "step_in_epoch": step_in_epoch,
             "tally": json.dumps(asdict(tally)),
             "recipe": json.dumps(run.recipe.to_dict()),
+            "init": json.dumps(getattr(run.model, "init_record", None)),
         },
         path,
+    )
+
+
+def run_start(out: Path) -> dict | None:
+    """Where the run in ``out`` started (the ``init`` record: ``kind``, and for a fine-tune the init
+    folder and the sha256 of its weights), read from its checkpoint or, for a finished run whose
+    checkpoint predates that record, its config.json; ``None`` when neither says."""
+    ckpt_path = out / CHECKPOINT_NAME
+    return _saved_start(_load_checkpoint(ckpt_path) if ckpt_path.is_file() else {}, out)
+
+
+def _saved_start(ckpt: dict, out: Path) -> dict | None:
+    if ckpt.get("init") is not None:
+        return json.loads(ckpt["init"])
+    config_path = out / "config.json"
+    if config_path.is_file():
+        return json.loads(config_path.read_text()).get("lga_zoo", {}).get("init")
+    return None
+
+
+def _check_same_start(ckpt: dict, model: ExplainableClassifier, ckpt_path: Path) -> None:
+    """A resumed fine-tune must go on from the weights it started from: an init folder published
+    anew since then (the same path, other weights) would make it a mix of two starting points."""
+    saved, current = _saved_start(ckpt, ckpt_path.parent), getattr(model, "init_record", None)
+    if not saved or not current or saved.get("sha256") == current.get("sha256"):
+        return
+    raise ValueError(
+        f"cannot resume {ckpt_path}: it started from {saved.get('folder')} with weights sha256 "
+        f"{str(saved.get('sha256'))[:12]}..., but {current.get('folder')} now holds {str(current.get('sha256'))[:12]}...; "
+        "the resumed run would mix two starting points. Start afresh (--overwrite, or a new --out folder), "
+        "or restore the weights it started from."
     )
 
 
@@ -515,6 +547,7 @@ def restore_checkpoint(run: Run, path: Path) -> tuple[int, int, EpochTally]:
     """Load ``path`` into the run; returns (epochs done, steps done in the next epoch, its tally)."""
     ckpt = _load_checkpoint(path)
     _check_same_recipe(json.loads(ckpt["recipe"]), run.recipe.to_dict(), path)
+    _check_same_start(ckpt, run.model, path)
     saved_world = int(ckpt.get("world_size", 1))
     if saved_world != run.world_size:
         raise ValueError(

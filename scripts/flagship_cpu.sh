@@ -40,6 +40,11 @@ train() {  # train NAME: recipes/NAME.yaml into $RUNS/NAME/run (resumed when it 
     *) log "FAILED the size check before training $1 (SESSION_BASE=$SESSION_BASE)"; exit 1 ;;
   esac
   local out=$RUNS/$1/run resume=""
+  if [ -d "$out" ] && python scripts/flagship_state.py started-elsewhere "$out" 2> /dev/null; then
+    # a run from the weights the standard had before it was published anew: kept, not resumed
+    local aside="$out.from-older-start-$(date +%Y%m%d-%H%M%S)"
+    mv "$out" "$aside" && log "moved $out aside to $aside: it fine-tunes older weights than the pinned ones"
+  fi
   [ -f "$out/checkpoint.pt" ] && resume=--resume
   lga-zoo train "recipes/$1.yaml" --data-dir "$DATA" --out "$out" $resume --no-progress --checkpoint-minutes 10 \
     && lga-zoo publish "$1" --from "$out"

@@ -2,6 +2,7 @@
 
     python scripts/flagship_state.py trained NAME       # exit 0: model_cards/NAME was trained from recipes/NAME.yaml and the pinned start
     python scripts/flagship_state.py evaluated NAME N   # exit 0: its results cover >= N images of the pinned weights
+    python scripts/flagship_state.py started-elsewhere RUN  # exit 0: the run in folder RUN fine-tunes other weights than the pinned ones
 
 Exit 1 (with the reason on stderr) when the step still has to run. The queue reads the published
 files, not markers on the machine, so a new machine picks up where the last one stopped.
@@ -56,11 +57,31 @@ def evaluated_reason(name: str, n_images: int, repo: Path = REPO) -> str | None:
     return None
 
 
+def started_elsewhere(run: Path) -> str | None:
+    """Why the (finished or stopped) run in folder ``run`` must not be resumed: it fine-tunes a zoo
+    model from other weights than the ones pinned today (the model was published anew since it
+    started); ``None`` when it started from the pinned weights, from scratch, or is no run."""
+    from lga_zoo.registry import get_entry
+    from lga_zoo.train import run_start
+
+    start = run_start(run) or {}
+    if start.get("zoo_name") and start.get("sha256") != get_entry(start["zoo_name"]).sha256:
+        return f"{run} fine-tunes other weights of {start['zoo_name']} than the pinned ones"
+    return None
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "trained":
         reason = trained_reason(argv[1])
     elif len(argv) == 3 and argv[0] == "evaluated" and argv[2].isdigit():
         reason = evaluated_reason(argv[1], int(argv[2]))
+    elif len(argv) == 2 and argv[0] == "started-elsewhere":
+        elsewhere = started_elsewhere(Path(argv[1]))
+        print(
+            elsewhere or f"{argv[1]} holds no run started from other weights than the pinned ones",
+            file=sys.stderr,
+        )
+        return 0 if elsewhere else 1
     else:
         print(__doc__, file=sys.stderr)
         return 2

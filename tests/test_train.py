@@ -10,9 +10,9 @@ import yaml
 from conftest import kill_after_saves, load_file_module, record_logit_dtypes
 from safetensors.torch import load_file
 
-from lga_zoo.folder import load_model_folder
+from lga_zoo.folder import load_model_folder, sha256_of
 from lga_zoo.recipe import RecipeError, load_recipe, recipe_from_dict, training_chain
-from lga_zoo.train import TrainingDiverged, lr_factor, train
+from lga_zoo.train import TrainingDiverged, lr_factor, run_start, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -174,6 +174,31 @@ def test_finetune_from_our_folder_checks_architecture(tiny_cifar, tmp_path):
             tmp_path / "c",
             progress=False,
         )
+
+
+def test_resume_refuses_a_finetune_whose_start_was_published_anew(tiny_cifar, tmp_path):
+    """A fine-tune resumed after its init folder got other weights (same path) would mix two
+    starting points; it is refused, finished runs too, also from checkpoints without the record."""
+    plain = tiny_recipe(epochs=1, regularizer={"name": "none"})
+    start = train(plain, tiny_cifar, tmp_path / "start", progress=False)
+    first_sha = sha256_of(start / "model.safetensors")
+    tune = tiny_recipe(epochs=1, init=str(start), regularizer={"name": "none"})
+    tuned = train(tune, tiny_cifar, tmp_path / "tuned", progress=False)
+    assert run_start(tuned)["sha256"] == first_sha
+    train(tune, tiny_cifar, tuned, resume=True, progress=False)  # the same start: nothing to train
+
+    train(tiny_recipe(epochs=1, regularizer={"name": "none"}, seed=2), tiny_cifar, start, progress=False,
+          overwrite=True)  # fmt: skip
+    assert sha256_of(start / "model.safetensors") != first_sha
+    with pytest.raises(ValueError, match="mix two starting points"):
+        train(tune, tiny_cifar, tuned, resume=True, progress=False)
+    # a checkpoint written before it recorded its start: the finished folder's config.json says
+    ckpt = torch.load(tuned / "checkpoint.pt", weights_only=True)
+    del ckpt["init"]
+    torch.save(ckpt, tuned / "checkpoint.pt")
+    assert run_start(tuned)["sha256"] == first_sha
+    with pytest.raises(ValueError, match="mix two starting points"):
+        train(tune, tiny_cifar, tuned, resume=True, progress=False)
 
 
 def test_cli_train_and_torchrun_ddp_two_processes(tiny_cifar, tmp_path):
@@ -487,8 +512,11 @@ def test_the_flagship_queue_skips_what_the_checkout_already_publishes(tmp_path):
     from lga_zoo.registry import get_entry
 
     state = load_file_module("scripts/flagship_state.py")
-    name = "resnet18_cifar10_control"  # a fine-tune, published and evaluated on 500 images
-    assert state.evaluated_reason(name, 500) is None
+    fine_tunes = ("resnet18_cifar10_lga", "resnet18_cifar10_control", "resnet18_cifar10_hessian")
+    evaluated = [name for name in fine_tunes if state.evaluated_reason(name, 500) is None]
+    if not evaluated:
+        pytest.skip("no fine-tune of the flagship family is published with results on 500 images")
+    name = evaluated[0]  # a fine-tune, published and evaluated on 500 images
     assert "fewer than 501" in state.evaluated_reason(name, 501)
     assert "not published" in state.trained_reason("resnet18_imagenet100_lga")
 
@@ -517,6 +545,31 @@ def test_the_flagship_queue_skips_what_the_checkout_already_publishes(tmp_path):
     results_path.write_text(json.dumps({**results, "model": {**results["model"], "sha256": "0" * 64}}))
     assert "other weights" in state.evaluated_reason(name, 500, tmp_path)
     assert state.main(["evaluated", name, "500"]) == 0 and state.main(["trained"]) == 2
+
+
+def test_the_flagship_queue_sets_aside_a_run_from_older_standard_weights(tmp_path):
+    """A fine-tune's run folder left from before the standard was published anew is not resumed (a
+    resume would call it finished and publish it again); runs from the pinned weights are."""
+    from lga_zoo.registry import get_entry
+
+    state = load_file_module("scripts/flagship_state.py")
+    standard = get_entry("resnet18_cifar10_standard").sha256
+    run = tmp_path / "run"
+    run.mkdir()
+    assert state.started_elsewhere(run) is None  # no run yet
+    init = {
+        "kind": "folder",
+        "folder": "model_cards/resnet18_cifar10_standard",
+        "zoo_name": "resnet18_cifar10_standard",
+    }
+    for sha256, elsewhere in ((standard, False), ("0" * 64, True)):
+        (run / "config.json").write_text(json.dumps({"lga_zoo": {"init": {**init, "sha256": sha256}}}))
+        assert (state.started_elsewhere(run) is not None) == elsewhere
+        assert state.main(["started-elsewhere", str(run)]) == (0 if elsewhere else 1)
+    (run / "config.json").write_text(json.dumps({"lga_zoo": {"init": {"kind": "scratch"}}}))
+    assert state.started_elsewhere(run) is None
+    script = (REPO / "scripts" / "flagship_cpu.sh").read_text()
+    assert 'flagship_state.py started-elsewhere "$out"' in script and 'mv "$out"' in script
 
 
 def test_the_fine_tunes_differ_only_in_their_regularizer():
