@@ -647,7 +647,8 @@ def train(
     ``OUT/checkpoint.pt`` is written atomically at the end of every epoch and, within an epoch, every
     ``checkpoint_seconds``; a line of progress (images/s, loss terms, ETA) goes to ``OUT/progress.log``
     every ``progress_seconds``. ``resume=True`` continues from it (mid-epoch too, with the same batches
-    and random draws as an uninterrupted run). Without ``resume`` a folder that already holds a run is
+    and random draws as an uninterrupted run); a fine-tune whose init folder holds other weights than
+    when it started is refused. Without ``resume`` a folder that already holds a run is
     refused rather than overwritten, unless ``overwrite=True`` (which starts afresh).
     """
     rank, world_size, local_rank = _rank_world()
