@@ -509,7 +509,7 @@ def run_start(out: Path) -> dict | None:
 def _saved_start(ckpt: dict, out: Path) -> dict | None:
     if ckpt.get("init") is not None:
         return json.loads(ckpt["init"])
-    config_path = out / "config.json"
+    config_path = out / CONFIG_NAME
     if config_path.is_file():
         return json.loads(config_path.read_text()).get("lga_zoo", {}).get("init")
     return None
