@@ -192,7 +192,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 def _differences_from_entry(config: dict, entry) -> list[str]:
     """How a run's config.json differs from its registry entry in what the weights were trained
-    with: activation (and Softplus beta), class names and preprocessing."""
+    with: activation (and Softplus beta), regularizer settings, class names and preprocessing."""
     cfg, ours = config["pretrained_cfg"], config.get("lga_zoo", {})
     run = {
         "activation": ours.get("activation", "relu"),
@@ -205,6 +205,8 @@ def _differences_from_entry(config: dict, entry) -> list[str]:
     }
     if entry.activation == "softplus":
         run["softplus_beta"] = ours.get("softplus_beta", 20.0)
+    if "regularizer" in ours:  # a card must not name other settings than the weights were trained with
+        run["regularizer"] = ours["regularizer"]
     return [
         f"{key} {value!r}, the registry says {getattr(entry, key)!r}"
         for key, value in run.items()

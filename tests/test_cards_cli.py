@@ -354,18 +354,21 @@ def test_a_card_refresh_keeps_registry_edits_made_after_the_process_read_it(priv
 
 
 def test_publish_refuses_a_run_trained_otherwise_than_its_entry(private_zoo, tmp_path, capsys):
-    """Architecture and parameter count are not enough: a run with another activation, other class
-    names or other normalization would be pinned under a name that describes something else."""
+    """Architecture and parameter count are not enough: a run with another activation, other
+    regularizer settings, other class names or other normalization would be pinned under a name that
+    describes something else."""
     entry = registry.get_entry(NAME)
     save_folder(untrained(NAME), entry, None, tmp_path / "run")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     config["label_names"].reverse()
     config["pretrained_cfg"]["mean"] = [0.5, 0.5, 0.5]
+    config["lga_zoo"]["regularizer"] = {**entry.regularizer, "lambda_l2": 0.15}
     (tmp_path / "run" / "config.json").write_text(json.dumps(config))
     capsys.readouterr()
     assert cli.main(["publish", NAME, "--from", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert f"is not the model {NAME} describes" in err and "classes ['truck'" in err and "mean [0.5" in err
+    assert "'lambda_l2': 0.15" in err  # a stronger regularizer than the card would name
     assert registry.get_entry(NAME).sha256 == entry.sha256
     assert not (tmp_path / "model_cards" / NAME / "model.safetensors").exists()
 
