@@ -373,6 +373,19 @@ def test_publish_refuses_a_run_trained_otherwise_than_its_entry(private_zoo, tmp
     assert not (tmp_path / "model_cards" / NAME / "model.safetensors").exists()
 
 
+def test_publish_refuses_a_run_whose_only_difference_is_a_stronger_regularizer(private_zoo, tmp_path, capsys):
+    entry = registry.get_entry(NAME)
+    save_folder(untrained(NAME), entry, None, tmp_path / "run")
+    assert cli.main(["publish", NAME, "--from", str(tmp_path / "run")]) == 0  # as trained: accepted
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config["lga_zoo"]["regularizer"] = {**entry.regularizer, "lambda_l2": entry.regularizer["lambda_l2"] * 2}
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert cli.main(["publish", NAME, "--from", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"is not the model {NAME} describes: regularizer" in err and "classes" not in err
+
+
 def test_publish_forgets_the_pinned_commit_of_the_replaced_weights(private_zoo, tmp_path):
     entries = [replace(e, revision="d" * 40) if e.name == NAME else e for e in registry.all_entries()]
     registry.write_entries(entries)
