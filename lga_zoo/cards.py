@@ -281,6 +281,7 @@ def comparison_section(
     ]
     standard = family[0]
     earlier_inits: set[str] = set()  # sha256 of the standard weights the starred rows started from
+    n_starred = 0
     for member in family:
         name = f"**{member.name}**" if member.name == entry.name else member.name
         member_config = config if member.name == entry.name and config else _published_config(member.name)
@@ -292,6 +293,7 @@ def comparison_section(
             and init_sha256 not in (None, standard.sha256)
         ):
             earlier_inits.add(init_sha256)
+            n_starred += 1
             name += " *"
         run = training_length(member_config) if member.has_weights else "-"
         results = family_results.get(member.name)
@@ -320,8 +322,12 @@ def comparison_section(
             "",
             f"\\* Fine-tuned from earlier weights of {standard.name} (sha256 {shas}), not the published"
             f" ones (sha256 {standard.sha256[:12]}...): a starred row's gap to the {standard.name} row"
-            " mixes what the fine-tune did with the standard model's later training; compare starred"
-            " rows with each other.",
+            " mixes what the fine-tune did with the standard model's later training; "
+            + (
+                "compare starred rows with each other."
+                if n_starred > 1
+                else "no other row started from those weights."
+            ),
         ]
     return "\n".join(lines) + "\n\n"
 

@@ -278,6 +278,13 @@ def test_the_comparison_stars_fine_tunes_of_earlier_standard_weights(private_zoo
     assert rows["| resnet18_cifar10_standard"].split(" | ")[3:5] == ["not evaluated yet", "91.23% (training)"]
     assert f"earlier weights of {standard} (sha256 {start['sha256'][:12]}...)" in card
     assert f"published ones (sha256 {'f' * 12}...)" in card
+    assert "compare starred rows with each other" in card
+    control["lga_zoo"]["init"] = {**start, "sha256": "f" * 64}  # the control retrained from the pinned ones
+    control_path.write_text(json.dumps(control))
+    card = card_with_standard_pinned_at("f" * 64)
+    rows = {line.split(" | ")[0]: line for line in card.splitlines() if line.startswith("| ")}
+    assert "| **resnet18_cifar10_lga** *" in rows and "| resnet18_cifar10_control" in rows
+    assert "no other row started from those weights" in card and "with each other" not in card
 
 
 def test_the_comparison_credits_a_regularizer_beyond_more_training_only_beside_an_evaluated_control():
