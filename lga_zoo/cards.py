@@ -280,8 +280,7 @@ def comparison_section(
         "|---|---|---|---:|---:|---:|" + "---:|" * len(COMPARISON_COLUMNS),
     ]
     standard = family[0]
-    earlier_inits: set[str] = set()  # sha256 of the standard weights the starred rows started from
-    n_starred = 0
+    starred_inits: list[str] = []  # per starred row, the sha256 of the standard weights it started from
     for member in family:
         name = f"**{member.name}**" if member.name == entry.name else member.name
         member_config = config if member.name == entry.name and config else _published_config(member.name)
@@ -292,8 +291,7 @@ def comparison_section(
             and standard.sha256
             and init_sha256 not in (None, standard.sha256)
         ):
-            earlier_inits.add(init_sha256)
-            n_starred += 1
+            starred_inits.append(init_sha256)
             name += " *"
         run = training_length(member_config) if member.has_weights else "-"
         results = family_results.get(member.name)
@@ -316,8 +314,8 @@ def comparison_section(
             value = results.get("robustness", {}).get(method, {}).get(attack, {}).get("topk")
             cells.append("-" if value is None else mean_and_interval(value))
         lines.append(f"| {name} | {member.regularizer['name']} | {run} | " + " | ".join(cells) + " |")
-    if earlier_inits:
-        shas = ", ".join(f"{sha[:12]}..." for sha in sorted(earlier_inits))
+    if starred_inits:
+        shas = ", ".join(f"{sha[:12]}..." for sha in sorted(set(starred_inits)))
         lines += [
             "",
             f"\\* Fine-tuned from earlier weights of {standard.name} (sha256 {shas}), not the published"
@@ -325,7 +323,7 @@ def comparison_section(
             " mixes what the fine-tune did with the standard model's later training; "
             + (
                 "compare starred rows with each other."
-                if n_starred > 1
+                if len(starred_inits) > 1
                 else "no other row started from those weights."
             ),
         ]
