@@ -9,7 +9,9 @@ Prints a Markdown table: fp32 and bf16 autocast, contiguous (NCHW) and channels_
 (and CUDA when present); ``--compile`` adds ``torch.compile`` rows for the plain step. Random pixels
 and labels: speed does not depend on the data. On a CPU without native bf16 kernels (AVX2 only) the
 bf16 rows are left out, because there a single bf16 LGA step takes minutes; ``--bf16-anyway`` times them.
-``--fused-softplus`` adds, below each CPU row, the same step with
+``--regularizers none,lga,hessian,gradnorm,adversarial,trades`` gives a row per training objective;
+the attack objectives run 3 PGD steps at eps 2/255 (TRADES with beta 6), a cheap setting: each step
+costs about one forward and one backward. ``--fused-softplus`` adds, below each CPU row, the same step with
 :class:`lga_zoo.fused_softplus.FusedSoftplus` (as the trainer runs it).
 """
 
@@ -32,6 +34,8 @@ REGULARIZERS = {
     "lga": {"eps": 4 / 255, "lambda_l2": 0.01, "lambda_cos": 0.1},
     "gradnorm": {"lam": 0.01},
     "hessian": {"lam": 1e-4},
+    "adversarial": {"eps": 2 / 255, "steps": 3},
+    "trades": {"beta": 6.0, "eps": 2 / 255, "steps": 3},
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from .frontier import strength_label
 from .registry import ZooEntry
 
 METRIC_NAMES = {
@@ -258,8 +259,9 @@ def comparison_section(
 ) -> str:
     """A table of the family's last training runs, accuracy and top-k intersections (95% intervals),
     from each model's config.json and results.json (``config``: this entry's, else the published
-    one); models without results are listed as not evaluated yet."""
-    family = family_of(entry)
+    one); models without results are listed as not evaluated yet, models without weights (other than
+    ``entry`` itself) not at all."""
+    family = [m for m in family_of(entry) if m.has_weights or m.name == entry.name]
     if len(family) < 2:
         return ""
     header = (
@@ -298,7 +300,7 @@ def comparison_section(
         if not results:
             status = "not evaluated yet" if member.has_weights else "not published yet"
             lines.append(
-                f"| {name} | {member.regularizer['name']} | {run} | {status} | "
+                f"| {name} | {_regularizer_cell(member.regularizer)} | {run} | {status} | "
                 + _training_accuracy(member_config)
                 + " |" * (len(COMPARISON_COLUMNS) + 2)
             )
@@ -313,7 +315,9 @@ def comparison_section(
         for method, attack, _ in COMPARISON_COLUMNS:
             value = results.get("robustness", {}).get(method, {}).get(attack, {}).get("topk")
             cells.append("-" if value is None else mean_and_interval(value))
-        lines.append(f"| {name} | {member.regularizer['name']} | {run} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {name} | {_regularizer_cell(member.regularizer)} | {run} | " + " | ".join(cells) + " |"
+        )
     if starred_inits:
         shas = ", ".join(f"{sha[:12]}..." for sha in sorted(set(starred_inits)))
         lines += [
@@ -328,6 +332,12 @@ def comparison_section(
             ),
         ]
     return "\n".join(lines) + "\n\n"
+
+
+def _regularizer_cell(regularizer: dict[str, Any]) -> str:
+    """The regularizer's name and its strength: "lga (lambda_l2=0.15)", "none"."""
+    strength = strength_label(regularizer)
+    return f"{regularizer['name']} ({strength})" if strength else regularizer["name"]
 
 
 def _control_sentence(family: list[ZooEntry], family_results: dict[str, Any]) -> str:
@@ -388,6 +398,11 @@ def render_card(
         f"softplus (beta {entry.softplus_beta:g})" if entry.activation == "softplus" else entry.activation
     )
     note = f"Note: {entry.notes}\n\n" if entry.notes else ""
+    if (config or {}).get("torch_dtype") == "float16":
+        trained += (
+            "The weights are stored in half precision (float16) and load as float32; every figure below "
+            "was measured on the stored weights.\n\n"
+        )
     return f"""---
 {meta}---
 

@@ -145,7 +145,7 @@ def write_published_card(name: str) -> Path:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from .folder import CONFIG_NAME, WEIGHTS_NAME, load_model_folder, sha256_of
+    from .folder import CONFIG_NAME, WEIGHTS_NAME, load_model_folder, sha256_of, write_half_precision_folder
     from .hub import RESULTS_NAME, TRAIN_LOG_NAME, model_card_dir
     from .registry import all_entries, get_entry, write_entries
     from .train import LOG_NAME
@@ -168,8 +168,11 @@ def _publish(args: argparse.Namespace) -> int:
         )
     dest = model_card_dir(args.name)
     dest.mkdir(parents=True, exist_ok=True)
-    for name in (WEIGHTS_NAME, CONFIG_NAME):
-        shutil.copyfile(source / name, dest / name)
+    if args.dtype == "float32":
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            shutil.copyfile(source / name, dest / name)
+    else:
+        write_half_precision_folder(source, dest)
     # lga-zoo train writes OUT/log.jsonl beside the weights (older runs: OUT/model/ beside it)
     run_log = next(
         (p for p in (source / LOG_NAME, source.parent / LOG_NAME) if p.is_file()), source / LOG_NAME
@@ -492,7 +495,20 @@ def _demo(args: argparse.Namespace) -> int:
 def _leaderboard(args: argparse.Namespace) -> int:
     from .leaderboard import leaderboard_markdown
 
-    print(leaderboard_markdown(), end="")
+    if args.plot is None:
+        print(leaderboard_markdown(), end="")
+        return 0
+    from .frontier import frontier_points, plot_frontier
+    from .hub import checkout_root
+
+    model_cards = Path(args.model_cards) if args.model_cards else checkout_root() / "model_cards"
+    if not (model_cards / args.family).is_dir():
+        raise ValueError(
+            f"no model folder {args.family!r} under {model_cards}; --family names a standard model"
+        )
+    points = frontier_points(model_cards, args.family)
+    path = plot_frontier(points, args.plot)
+    print(f"wrote {path}: {len(points)} models of the {args.family} family")
     return 0
 
 
@@ -548,6 +564,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument(
         "--from", dest="source", required=True, help="the run's model folder (lga-zoo train's OUT)"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="store the weights as trained (float32) or in half precision (float16: half the size; "
+        "loading casts them back to float32, and an evaluation after publishing measures the stored weights)",
     )
     p.set_defaults(func=_publish)
 
@@ -645,7 +668,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo_arguments(p)
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("leaderboard", help="the zoo's results as a Markdown table (the README's zoo table)")
+    p = sub.add_parser(
+        "leaderboard",
+        help="the zoo's results as a Markdown table (the README's zoo table), or --plot the frontier",
+    )
+    p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="draw the family's accuracy-robustness frontier into FILE (.png) from its published results.json files",
+    )
+    p.add_argument(
+        "--family",
+        default="resnet18_cifar10_standard",
+        help="with --plot: the standard model whose fine-tunes are drawn (default resnet18_cifar10_standard)",
+    )
+    p.add_argument(
+        "--model-cards",
+        help="with --plot: the folder of model folders (default: the checkout's model_cards/)",
+    )
     p.set_defaults(func=_leaderboard)
 
     from .train import build_parser as train_parser

@@ -18,7 +18,7 @@ from typing import Any
 import timm
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 from torchvision.transforms import InterpolationMode
 
 from .models import ACTIVATIONS, ExplainableClassifier, create_backbone
@@ -144,6 +144,34 @@ def write_model_folder(model: ExplainableClassifier, config: dict[str, Any], out
     save_weights(model, out)
     atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return out
+
+
+def write_half_precision_folder(source: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy the model folder ``source`` into ``dest`` with its floating-point weights in float16
+    (integer buffers such as BatchNorm's batch counters unchanged) and ``"torch_dtype": "float16"``
+    in its config.json; returns ``dest``. Both files are written atomically.
+
+    Args:
+        source: a model folder (config.json and model.safetensors).
+        dest: the folder to write; created when missing.
+
+    Returns:
+        ``dest`` as a Path.
+    """
+    source, dest = Path(source), Path(dest)
+    config = read_config(source)
+    try:
+        state = load_file(str(source / WEIGHTS_NAME))
+    except (SafetensorError, OSError) as err:
+        raise WeightsError(f"cannot read weights {str(source / WEIGHTS_NAME)!r}: {err}") from None
+    half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    overflow = [k for k, v in half.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if overflow:
+        raise WeightsError(f"{str(source)!r}: {overflow[:3]} overflow float16; publish it as float32")
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write(dest / WEIGHTS_NAME, lambda file: file.write(save(half, metadata={"format": "pt"})))
+    atomic_write_text(dest / CONFIG_NAME, json.dumps({**config, "torch_dtype": "float16"}, indent=2) + "\n")
+    return dest
 
 
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:

@@ -64,6 +64,8 @@ REGULARIZER_PARAMS = {
     "lga_cos": ["eps", "lambda_cos", "perturbation", "detach_source"],
     "gradnorm": ["lam"],
     "hessian": ["lam", "fd_step"],
+    "adversarial": ["eps", "steps", "step_size", "random_start"],
+    "trades": ["beta", "eps", "steps", "step_size"],
 }
 
 
@@ -230,11 +232,19 @@ class Recipe:
         reg = dict(self.regularizer)
         _check_choice("regularizer.name", reg.get("name"), REGULARIZERS)
         _check_keys("regularizer.", reg, ["name"] + REGULARIZER_PARAMS[reg["name"]])
-        for key in ("eps", "lambda_l2", "lambda_cos", "lam", "fd_step"):
+        for key in ("eps", "lambda_l2", "lambda_cos", "lam", "fd_step", "step_size", "beta"):
             if key in reg:
                 _check_number(f"regularizer.{key}", reg[key], low=0)
         if reg.get("fd_step") == 0:
             raise RecipeError("regularizer.fd_step=0 must be > 0 (the finite-difference step, e.g. 0.01)")
+        if reg.get("step_size") == 0:
+            raise RecipeError(
+                "regularizer.step_size=0 must be > 0 (pixel units; leave it out for 2.5 * eps / steps)"
+            )
+        if "steps" in reg:
+            _check_number("regularizer.steps", reg["steps"], low=1, integer=True)
+        if "random_start" in reg:
+            _check_bool("regularizer.random_start", reg["random_start"])
         if "eps" in reg and reg["eps"] > 1:
             raise RecipeError(
                 f"regularizer.eps={reg['eps']} is in pixel units and must be <= 1 (CIFAR-10: 4/255)"
@@ -294,7 +304,7 @@ def _parse_number(value: Any) -> Any:
 NUMBER_KEYS = {
     "optimizer": ("lr", "weight_decay", "momentum"),
     "schedule": ("warmup_epochs", "gamma", "min_lr"),
-    "regularizer": ("eps", "lambda_l2", "lambda_cos", "lam", "fd_step"),
+    "regularizer": ("eps", "lambda_l2", "lambda_cos", "lam", "fd_step", "step_size", "beta"),
 }
 TOP_LEVEL_NUMBER_KEYS = ("softplus_beta", "label_smoothing")
 

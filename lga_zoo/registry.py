@@ -4,7 +4,10 @@ Like timm's ``pretrained_cfg`` and torchvision's ``Weights.meta``: each entry sa
 (architecture, activation, preprocessing, classes), how it was made (dataset, regularizer, recipe),
 where its weights are (Hub repo id, pinned revision, sha256 and size of ``model.safetensors``) and how
 it measured (``metrics``, copied from ``model_cards/NAME/results.json`` by ``lga-zoo card``).
-Names follow ``{arch}_{dataset}_{method}``.
+Names follow ``{arch}_{dataset}_{method}``, and a variant at another strength adds its main knob and
+value: ``resnet18_cifar10_lga_l2_0p05`` (lambda_l2 0.05), ``_hessian_lam5em6`` (lam 5e-6),
+``_gradnorm_lam0p02``, ``_adversarial_eps2`` (eps 2/255), ``_trades_beta6``; ``p`` stands for the
+decimal point and ``em`` for ``e-``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""Training losses: cross-entropy plus a gradient regularizer.
+"""Training losses: cross-entropy plus a gradient regularizer, or an adversarial training objective.
 
-Local Gradient Alignment (Joo et al., AAAI 2023) and its baselines. Every regularizer is called as
-``reg(model, x, y)`` on pixels ``x`` in [0, 1] (the model normalizes its own input) and returns a
-:class:`RegularizedLoss` holding the total loss, the logits at ``x`` and the loss parts for logging.
+Local Gradient Alignment (Joo et al., AAAI 2023) and its baselines: the gradient-norm and
+Hessian-norm regularizers, PGD adversarial training (Madry et al. 2018) and TRADES (Zhang et al.
+2019). Every regularizer is called as ``reg(model, x, y)`` on pixels ``x`` in [0, 1] (the model
+normalizes its own input) and returns a :class:`RegularizedLoss` holding the total loss, the logits
+at ``x`` (at the adversarial point for ``adversarial``) and the loss parts for logging.
 
 All of them share :func:`true_class_input_grad`, the gradient of the true-class logit (summed over
 the batch, so row i is the gradient of sample i's own logit) with respect to the input.
@@ -10,6 +12,7 @@ the batch, so row i is the gradient of sample i's own logit) with respect to the
 The gradient regularizers run the model twice per call, at x and at a nearby point, in the model's
 own mode: in training, BatchNorm normalizes each batch by its own statistics and its running
 statistics are updated by both batches (as a training loop that calls the model twice does).
+The adversarial objectives run their inner attack in eval mode instead (see :class:`Adversarial`).
 """
 
 from __future__ import annotations
@@ -21,16 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .state import gradients_on
+from .attacks import check_pixels, pgd
+from .state import differentiates, gradients_on, keeps_model_state
 
 PERTURBATIONS = ("uniform", "gaussian", "grad")
-REGULARIZERS = ("none", "lga", "lga_l2", "lga_cos", "gradnorm", "hessian")
+REGULARIZERS = ("none", "lga", "lga_l2", "lga_cos", "gradnorm", "hessian", "adversarial", "trades")
+TRADES_START_STD = 0.001  # the official TRADES code starts its attack at x + 0.001 * N(0, 1)
 
 
 @dataclass
 class RegularizedLoss:
-    """What a regularizer returns: ``loss`` to backpropagate, ``logits`` at the clean input and
-    ``parts`` (detached scalars: ``ce``, the regularizer's own terms, ``total``) for logging."""
+    """What a regularizer returns: ``loss`` to backpropagate, ``logits`` at the clean input (at the
+    adversarial input for :class:`Adversarial`, whose loss sees no clean forward) and ``parts``
+    (detached scalars: ``ce``, the regularizer's own terms, ``total``) for logging."""
 
     loss: Tensor
     logits: Tensor
@@ -227,9 +233,193 @@ class HessianNorm(Regularizer):
         return {"name": self.name, "lam": self.lam, "fd_step": self.fd_step}
 
 
+def _check_attack(eps: float, steps: int, step_size: float | None) -> float:
+    """Validate an L-inf attack's settings; returns the step size (default 2.5 * eps / steps)."""
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"eps={eps} must be in [0, 1] (pixel units; e.g. 8/255 for CIFAR-10)")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r} must be an integer >= 1")
+    if step_size is None:
+        return 2.5 * float(eps) / steps
+    if not step_size > 0:
+        raise ValueError(f"step_size={step_size} must be > 0 (pixel units)")
+    return float(step_size)
+
+
+class Adversarial(Regularizer):
+    """PGD adversarial training (Madry et al. 2018): the cross-entropy at x_adv.
+
+    x_adv maximizes the (unsmoothed) cross-entropy by ``steps`` signed-gradient steps of
+    ``step_size`` (pixel units; default 2.5 * eps / steps) in the L-inf ball of radius ``eps`` around
+    x, each step clamped to that ball and to [0, 1] (pixels before the model's own normalization).
+    With ``random_start`` (default) the attack starts at x + U[-eps, eps] per pixel (clamped to
+    [0, 1]), drawn from the ``generator`` passed to the call, so runs are reproducible and resumable.
+
+    Modes: the inner attack runs the model in eval mode (BatchNorm uses its running statistics and
+    does not update them); every module's training flag, every buffer and every parameter's ``.grad``
+    are restored exactly afterwards, also on error (:func:`lga_zoo.state.preserved`), and the attack
+    differentiates with respect to the input only (``torch.autograd.grad``), never the parameters.
+    The final loss forward on x_adv runs in the caller's mode: in training, BatchNorm normalizes the
+    adversarial batch by its own statistics and its running statistics are updated once.
+
+    The returned ``logits`` are those at x_adv (the training accuracy a trainer logs from them is the
+    accuracy on the adversarial batch); ``parts``: ``ce`` (at x_adv, with label smoothing), ``total``.
+
+    Args:
+        eps: radius of the L-inf ball in pixel units, in [0, 1] (8/255 is usual for CIFAR-10).
+        steps: PGD steps, >= 1.
+        step_size: size of each signed-gradient step in pixel units; None: 2.5 * eps / steps.
+        random_start: start at a uniform random point of the ball rather than at x.
+    """
+
+    name = "adversarial"
+
+    def __init__(
+        self, eps: float = 8 / 255, steps: int = 10, step_size: float | None = None, random_start: bool = True
+    ):
+        super().__init__()
+        self.step_size = _check_attack(eps, steps, step_size)
+        self.eps = float(eps)
+        self.steps = steps
+        self.random_start = bool(random_start)
+
+    def attack(
+        self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """The adversarial batch x_adv (detached), found with the model in eval mode."""
+        return pgd(
+            model,
+            x,
+            y,
+            self.eps,
+            norm="linf",
+            steps=self.steps,
+            step_size=self.step_size,
+            random_start=self.random_start,
+            generator=generator,
+            loss="ce",
+        )
+
+    @_differentiates_inputs
+    def forward(self, model, x, y, generator=None):
+        logits = model(self.attack(model, x, y, generator))
+        ce = self.cross_entropy(logits, y)
+        return RegularizedLoss(ce, logits, {"ce": ce.detach(), "total": ce.detach()})
+
+    def settings(self):
+        return {
+            "name": self.name,
+            "eps": self.eps,
+            "steps": self.steps,
+            "step_size": self.step_size,
+            "random_start": self.random_start,
+        }
+
+
+def _at_least_fp32(t: Tensor) -> Tensor:
+    """``t`` in fp32 if it is in a lower precision (bf16/fp16 logits under autocast)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _kl_from_clean(logits_adv: Tensor, p_clean: Tensor, reduction: str) -> Tensor:
+    """KL(p_clean || softmax(logits_adv)), as ``nn.KLDivLoss`` computes it (at least in fp32)."""
+    return F.kl_div(_at_least_fp32(logits_adv).log_softmax(1), p_clean, reduction=reduction)
+
+
+@differentiates
+@keeps_model_state
+def trades_attack(
+    model: nn.Module,
+    x: Tensor,
+    eps: float,
+    steps: int,
+    step_size: float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """TRADES' inner maximization, as in the official code: x' starts at x + 0.001 * N(0, 1) (drawn
+    from ``generator``) and takes ``steps`` signed-gradient steps of ``step_size`` up
+    KL(softmax f(x) || softmax f(x')), each clamped to the L-inf ball of radius ``eps`` and to
+    [0, 1]. The model runs in eval mode and is restored afterwards; returns x' (detached)."""
+    check_pixels(x)
+    x = x.detach()
+    with torch.no_grad():
+        p_clean = _at_least_fp32(model(x)).softmax(1)
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    x_adv = x + TRADES_START_STD * noise
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(_kl_from_clean(model(x_adv), p_clean, "sum"), x_adv)
+        with torch.no_grad():
+            x_adv = x_adv + step_size * grad.sign()
+            x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(0, 1)
+    return x_adv.detach()
+
+
+class TRADES(Regularizer):
+    """TRADES (Zhang et al. 2019): CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x')).
+
+    The KL is ``batchmean``, as the official code's ``KLDivLoss(log_softmax(f(x')), softmax(f(x)))``
+    summed and divided by the batch size; gradients flow through both f(x) and f(x'). x' comes from
+    :func:`trades_attack` (L-inf ball of radius ``eps``, ``steps`` steps of ``step_size``, default
+    2.5 * eps / steps, start x + 0.001 * N(0, 1) drawn from the call's ``generator``).
+
+    Modes: the inner attack runs the model in eval mode (BatchNorm uses its running statistics and
+    does not update them); every module's training flag, every buffer and every parameter's ``.grad``
+    are restored exactly afterwards, also on error, and the attack differentiates with respect to the
+    input only. The two final forwards, on x and on x', run in the caller's mode: in training each
+    batch is normalized by its own statistics and the running statistics are updated by both.
+
+    The returned ``logits`` are the clean ones; ``parts``: ``ce`` (clean, with label smoothing),
+    ``kl``, ``total``.
+
+    Args:
+        beta: weight of the KL term, >= 0 (6 in the paper's CIFAR-10 runs).
+        eps: radius of the L-inf ball in pixel units, in [0, 1].
+        steps: attack steps, >= 1.
+        step_size: size of each signed-gradient step in pixel units; None: 2.5 * eps / steps.
+    """
+
+    name = "trades"
+
+    def __init__(
+        self, beta: float = 6.0, eps: float = 8 / 255, steps: int = 10, step_size: float | None = None
+    ):
+        super().__init__()
+        if not beta >= 0:
+            raise ValueError(f"beta={beta} must be >= 0")
+        self.step_size = _check_attack(eps, steps, step_size)
+        self.beta = float(beta)
+        self.eps = float(eps)
+        self.steps = steps
+
+    def attack(self, model: nn.Module, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """x' (detached), found with the model in eval mode."""
+        return trades_attack(model, x, self.eps, self.steps, self.step_size, generator)
+
+    @_differentiates_inputs
+    def forward(self, model, x, y, generator=None):
+        x_adv = self.attack(model, x, generator)
+        logits = model(x)
+        logits_adv = model(x_adv)
+        ce = self.cross_entropy(logits, y)
+        kl = _kl_from_clean(logits_adv, _at_least_fp32(logits).softmax(1), "batchmean")
+        total = ce + self.beta * kl
+        parts = {"ce": ce.detach(), "kl": kl.detach(), "total": total.detach()}
+        return RegularizedLoss(total, logits, parts)
+
+    def settings(self):
+        return {
+            "name": self.name,
+            "beta": self.beta,
+            "eps": self.eps,
+            "steps": self.steps,
+            "step_size": self.step_size,
+        }
+
+
 def build_regularizer(name: str, label_smoothing: float = 0.0, **params) -> Regularizer:
     """A regularizer by name: ``none``, ``lga``, ``lga_l2`` (cosine term off), ``lga_cos`` (l2 term
-    off), ``gradnorm`` or ``hessian``, with its parameters as keywords. ``label_smoothing`` is that of
+    off), ``gradnorm``, ``hessian``, ``adversarial`` or ``trades``, with its parameters as keywords. ``label_smoothing`` is that of
     the cross-entropy term (0 to 1)."""
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
@@ -253,4 +443,8 @@ def _regularizer_by_name(name: str, **params) -> Regularizer:
         return GradNorm(**params)
     if name == "hessian":
         return HessianNorm(**params)
+    if name == "adversarial":
+        return Adversarial(**params)
+    if name == "trades":
+        return TRADES(**params)
     raise ValueError(f"unknown regularizer {name!r}; choose one of {REGULARIZERS}")

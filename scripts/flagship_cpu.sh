@@ -31,9 +31,12 @@ step() {  # step NAME COMMAND...: run it, logged; stop the queue on a failure
   log "start $name"
   if "$@" > "$Q/$name.log" 2>&1; then log "done $name"; else log "FAILED $name (see $Q/$name.log)"; exit 1; fi
 }
-train() {  # train NAME: recipes/NAME.yaml into $RUNS/NAME/run (resumed when it holds a checkpoint), then publish
+train() {  # train NAME [DTYPE]: recipes/NAME.yaml into $RUNS/NAME/run (resumed when it holds a checkpoint), then
+  # publish its weights as DTYPE (float32, the default, or float16: half the room)
   python scripts/flagship_state.py trained "$1" && return 0
-  python scripts/submission_size.py "$SESSION_BASE" --room 110
+  local dtype=${2:-float32} room=110
+  [ "$dtype" = float16 ] && room=55
+  python scripts/submission_size.py "$SESSION_BASE" --room $room
   case $? in
     0) ;;
     1) log "stop before training $1: no room for its weights in this session's submission; land first"; exit 0 ;;
@@ -47,7 +50,7 @@ train() {  # train NAME: recipes/NAME.yaml into $RUNS/NAME/run (resumed when it 
   fi
   [ -f "$out/checkpoint.pt" ] && resume=--resume
   lga-zoo train "recipes/$1.yaml" --data-dir "$DATA" --out "$out" $resume --no-progress --checkpoint-minutes 10 \
-    && lga-zoo publish "$1" --from "$out"
+    && lga-zoo publish "$1" --from "$out" --dtype "$dtype"
 }
 evaluate() {  # evaluate NAME N N_SLOW: N robustness images (IG on N_SLOW), published; a copy kept in $RUNS.
   # --resume continues a stopped evaluation from its state in $RUNS/NAME (outside the work tree, which a
@@ -68,5 +71,10 @@ step eval_lga_500 evaluate resnet18_cifar10_lga 500 200
 step eval_control_500 evaluate resnet18_cifar10_control 500 200
 step train_hessian train resnet18_cifar10_hessian
 step eval_hessian_500 evaluate resnet18_cifar10_hessian 500 200
-step bench_train_step sh -c "python benchmarks/train_step.py --arch resnet18_cifar --regularizers none,lga,hessian --steps 3 > '$Q/train_step_resnet18_cifar.md'"
+# The frontier: fine-tunes of the same standard weights with the control's schedule, stored in float16.
+for name in lga_l2_0p05 adversarial_eps2 hessian_lam5em6 adversarial_eps1 gradnorm_lam0p005 trades_beta6 \
+  lga_l2_0p4 gradnorm_lam0p02; do
+  step "train_$name" train "resnet18_cifar10_$name" float16
+  step "eval_${name}_500" evaluate "resnet18_cifar10_$name" 500 200
+done
 log "queue finished"

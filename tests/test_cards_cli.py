@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -399,3 +400,28 @@ def test_publish_forgets_the_pinned_commit_of_the_replaced_weights(private_zoo, 
     save_folder(untrained(NAME), registry.get_entry(NAME), None, tmp_path / "run")
     assert cli.main(["publish", NAME, "--from", str(tmp_path / "run")]) == 0
     assert registry.get_entry(NAME).revision is None  # `lga-zoo push --pin` records the new one
+
+
+def test_publish_in_half_precision_stores_float16_that_loads_as_the_run_rounded(private_zoo, tmp_path):
+    from safetensors.torch import load_file
+
+    from lga_zoo.folder import load_model_folder
+
+    save_folder(untrained(NAME), registry.get_entry(NAME), None, tmp_path / "run")
+    assert cli.main(["publish", NAME, "--from", str(tmp_path / "run"), "--dtype", "float16"]) == 0
+    folder = tmp_path / "model_cards" / NAME
+    stored, trained = (
+        load_file(str(folder / "model.safetensors")),
+        load_file(str(tmp_path / "run" / "model.safetensors")),
+    )
+    assert stored.keys() == trained.keys()
+    for key, value in stored.items():  # floats halved, integer buffers (batch counters) as they were
+        assert value.dtype == (torch.float16 if trained[key].is_floating_point() else trained[key].dtype), key
+        assert torch.equal(value, trained[key].to(value.dtype)), key
+    assert json.loads((folder / "config.json").read_text())["torch_dtype"] == "float16"
+    entry = registry.get_entry(NAME)
+    assert entry.size == (folder / "model.safetensors").stat().st_size
+    assert entry.size < 0.6 * (tmp_path / "run" / "model.safetensors").stat().st_size
+    model = load_model_folder(folder, expected_sha256=entry.sha256)
+    assert next(model.parameters()).dtype == torch.float32  # loads as float32 for explanations and attacks
+    assert "stored in half precision (float16)" in (folder / "README.md").read_text()

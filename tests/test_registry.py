@@ -33,11 +33,33 @@ def test_schema_fields_present_and_known():
         missing = [f for f in REQUIRED_FIELDS if f not in raw]
         unknown = [f for f in raw if f not in ENTRY_FIELDS]
         assert not missing and not unknown, (raw["name"], missing, unknown)
-        assert raw["name"] == f"{raw['architecture'].replace('_cifar', '')}_{raw['dataset']}_{raw['method']}"
+        base = f"{raw['architecture'].replace('_cifar', '')}_{raw['dataset']}_{raw['method']}"
+        assert raw["name"] == base or _strength_in_name(raw["name"][len(base) + 1 :]) == pytest.approx(
+            _strength(raw["regularizer"])
+        ), raw["name"]
         assert len(raw["mean"]) == len(raw["std"]) == raw["input_size"][0]
         assert raw["hf_repo_id"].count("/") == 1
         if raw["sha256"] is not None:
             assert len(raw["sha256"]) == 64 and raw["size"] > 0
+
+
+NAME_KNOBS = {"lga": ("l2_", "lambda_l2"), "hessian": ("lam", "lam"), "gradnorm": ("lam", "lam")}
+NAME_KNOBS |= {"adversarial": ("eps", "eps"), "trades": ("beta", "beta")}
+
+
+def _strength_in_name(suffix: str) -> float | None:
+    """The strength a variant's name states: ``l2_0p05`` -> 0.05, ``lam5em6`` -> 5e-6, ``eps2`` -> 2/255
+    (p for the decimal point, em for e-; eps in 1/255 pixel steps)."""
+    for prefix, key in NAME_KNOBS.values():
+        if suffix.startswith(prefix):
+            value = float(suffix[len(prefix) :].replace("em", "e-").replace("p", "."))
+            return value / 255 if key == "eps" else value
+    return None
+
+
+def _strength(regularizer: dict) -> float | None:
+    prefix_and_key = NAME_KNOBS.get(regularizer["name"])
+    return regularizer[prefix_and_key[1]] if prefix_and_key else None
 
 
 @pytest.mark.parametrize("entry", all_entries(), ids=lambda e: e.name)
@@ -160,6 +182,51 @@ def test_hubconf_refuses_unknown_keywords():
         hubconf.resnet18_w16_cifar10_lga(devcie="cpu")
     with pytest.raises(TypeError, match="accepted: \\['device'\\]"):
         hubconf.resnet18_w16_cifar10_lga(pretrained=False, revision="x")
+
+
+def test_hubconf_is_written_by_its_tool():
+    """hubconf.py is generated from the registry: after a change to zoo.json or a published
+    config.json, run ``python tools/write_hubconf.py``."""
+    from conftest import load_file_module
+
+    tool = load_file_module("tools/write_hubconf.py")
+    assert (REPO / "hubconf.py").read_text() == tool.render(), "stale: run python tools/write_hubconf.py"
+
+
+def test_hubconf_tool_summaries_and_check(tmp_path, monkeypatch, capsys):
+    from dataclasses import replace
+
+    from conftest import load_file_module
+
+    tool = load_file_module("tools/write_hubconf.py")
+    lga = get_entry("resnet18_cifar10_lga")
+    adversarial = replace(
+        lga,
+        name="resnet18_cifar10_adversarial_eps1",
+        method="adversarial",
+        regularizer={"name": "adversarial", "eps": 1 / 255, "steps": 3, "step_size": 2.5 / 255 / 3},
+    )
+    config = {"torch_dtype": "float16", "lga_zoo": {"recipe": {"init": "x"}, "training": {"epochs": 3}}}
+    assert tool.summary(adversarial, config) == (
+        "resnet18_cifar (Softplus beta 3) on CIFAR-10 trained with the `adversarial` regularizer "
+        "(eps=1/255, steps=3, step_size=0.003268): 3 epochs fine-tuned from lga-zoo/resnet18_cifar10_standard, "
+        "weights stored in float16."
+    )
+    trades = replace(lga, regularizer={"name": "trades", "beta": 6.0, "eps": 2 / 255}, sha256=None)
+    assert "(beta=6.0, eps=2/255): fine-tuned from lga-zoo/" in tool.summary(trades, None)
+    assert tool.summary(trades, None).endswith(", weights not published yet.")
+    control = replace(lga, method="control", regularizer={"name": "none"})
+    assert ": the control: same extra training as the fine-tunes, no regularizer; 1 epoch fine-tuned" in (
+        tool.summary(control, {"lga_zoo": {"training": {"epochs": 1}}})
+    )
+
+    stale = tmp_path / "hubconf.py"
+    stale.write_text("old\n")
+    monkeypatch.setattr(tool, "HUBCONF", stale)
+    assert tool.main(["--check"]) == 1
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert tool.main([]) == 0 and stale.read_text() == tool.render()
+    assert tool.main(["--check"]) == 0 and [p.name for p in tmp_path.iterdir()] == ["hubconf.py"]
 
 
 def _published_family_figures(entry) -> tuple[set[str], set[str]]:

@@ -3,8 +3,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from lga_zoo.recipe import RecipeError, recipe_from_dict
 from lga_zoo.regularizers import (
     LGA,
+    TRADES,
+    Adversarial,
     GradNorm,
     HessianNorm,
     Regularizer,
@@ -266,7 +269,17 @@ def test_label_smoothing_applies_to_the_cross_entropy_term():
         build_regularizer("lga", label_smoothing=1.0)
 
 
-@pytest.mark.parametrize("reg", [LGA(eps=0.2), HessianNorm(lam=1.0), GradNorm(lam=1.0)], ids=lambda r: r.name)
+@pytest.mark.parametrize(
+    "reg",
+    [
+        LGA(eps=0.2),
+        HessianNorm(lam=1.0),
+        GradNorm(lam=1.0),
+        Adversarial(eps=0.1, steps=2),
+        TRADES(eps=0.1, steps=2),
+    ],
+    ids=lambda r: r.name,
+)
 def test_gradient_regularizers_work_under_no_grad_and_refuse_inference_mode(reg):
     """Inside a caller's torch.no_grad() a gradient regularizer still differentiates the model (as
     captum does) and gives the same loss; under inference_mode it names itself and the way out."""
@@ -280,3 +293,289 @@ def test_gradient_regularizers_work_under_no_grad_and_refuse_inference_mode(reg)
     assert torch.allclose(under_no_grad, expected)
     with torch.inference_mode(), pytest.raises(RuntimeError, match=f"the {reg.name} regularizer.*no_grad"):
         reg(net, x, y)
+
+
+# --- Adversarial training and TRADES ---------------------------------------------------------------
+
+
+def tiny_bn_net() -> nn.Module:
+    """A small conv net with BatchNorm on (B, 3, 4, 4) images, in float64, in train mode."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.Softplus(beta=5),
+        nn.Flatten(),
+        nn.Linear(64, 3),
+    ).double()
+
+
+def bn_batch(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, 3, 4, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
+
+
+def eval_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).eval()
+
+
+def buffers_of(model: nn.Module) -> list[torch.Tensor]:
+    return [b.detach().clone() for b in model.buffers()]
+
+
+def reference_linf_pgd(model, x, y, eps, steps, step_size):
+    """PGD on the cross-entropy written out here, from x (no random start), model already in eval."""
+    x_adv = x.clone()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x_adv), y), x_adv)
+        with torch.no_grad():
+            x_adv = torch.clamp(torch.min(torch.max(x_adv + step_size * grad.sign(), x - eps), x + eps), 0, 1)
+    return x_adv.detach()
+
+
+def eval_ce(model, x, y) -> float:
+    with torch.no_grad():
+        return torch.nn.functional.cross_entropy(eval_copy(model)(x), y).item()
+
+
+def test_adversarial_attack_reaches_at_least_the_ce_of_a_reference_pgd():
+    model = tiny_bn_net().train()
+    x, y = bn_batch()
+    reg = Adversarial(eps=0.05, steps=5, random_start=False)
+    assert reg.step_size == pytest.approx(2.5 * 0.05 / 5)
+    x_adv = reg.attack(model, x, y)
+    x_ref = reference_linf_pgd(eval_copy(model), x, y, 0.05, 5, reg.step_size)
+    ce_adv, ce_ref, ce_clean = eval_ce(model, x_adv, y), eval_ce(model, x_ref, y), eval_ce(model, x, y)
+    assert ce_adv >= ce_ref - 1e-9
+    assert ce_adv > ce_clean + 1e-3
+    assert (x_adv - x).abs().max() <= 0.05 + 1e-12
+    assert (x_adv - x).abs().max() > 0.04  # it moved to the edge of the ball
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_adversarial_loss_is_the_cross_entropy_at_x_adv_with_random_start():
+    model = tiny_bn_net().train()
+    x, y = bn_batch()
+    reg = Adversarial(eps=0.05, steps=3)
+    x_adv = reg.attack(eval_copy(model), x, y, torch.Generator().manual_seed(2))
+    assert (x_adv - x).abs().max() <= 0.05 + 1e-12 and x_adv.min() >= 0 and x_adv.max() <= 1
+    reference = eval_copy(model).train()
+    out = reg(model, x, y, torch.Generator().manual_seed(2))
+    expected_logits = reference(x_adv)
+    assert torch.allclose(out.logits, expected_logits, atol=1e-12)  # logits at x_adv, caller's mode
+    assert out.loss.item() == pytest.approx(torch.nn.functional.cross_entropy(expected_logits, y).item())
+    assert out.loss.item() > eval_ce(model, x, y)
+
+
+def test_adversarial_is_deterministic_given_the_generator_seed():
+    model = tiny_bn_net().eval()
+    x, y = bn_batch()
+    reg = Adversarial(eps=0.05, steps=2)
+    first = reg.attack(model, x, y, torch.Generator().manual_seed(3))
+    again = reg.attack(model, x, y, torch.Generator().manual_seed(3))
+    other = reg.attack(model, x, y, torch.Generator().manual_seed(4))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    losses = [reg(model, x, y, torch.Generator().manual_seed(3)).loss for _ in range(2)]
+    assert torch.equal(losses[0], losses[1])
+
+
+def test_adversarial_matches_torchattacks_pgd():
+    torchattacks = pytest.importorskip(
+        "torchattacks", reason="torchattacks is not installed (optional check)"
+    )
+    model = tiny_bn_net().train()
+    x, y = bn_batch()
+    reg = Adversarial(eps=0.05, steps=5, random_start=False)
+    theirs = torchattacks.PGD(eval_copy(model), eps=0.05, alpha=reg.step_size, steps=5, random_start=False)
+    assert eval_ce(model, reg.attack(model, x, y), y) >= eval_ce(model, theirs(x, y), y) - 1e-6
+
+
+def reference_trades_attack(model, x, eps, steps, step_size, generator):
+    """TRADES' attack written out here (model already in eval): KL(p || q) = sum p (log p - log q)."""
+    with torch.no_grad():
+        log_p = model(x).log_softmax(1)
+    start = x + 0.001 * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    x_adv = start.clone()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        kl = (log_p.exp() * (log_p - model(x_adv).log_softmax(1))).sum()
+        (grad,) = torch.autograd.grad(kl, x_adv)
+        with torch.no_grad():
+            x_adv = torch.clamp(torch.min(torch.max(x_adv + step_size * grad.sign(), x - eps), x + eps), 0, 1)
+    return start, x_adv.detach()
+
+
+def batch_kl(logits, logits_adv):
+    log_p = logits.log_softmax(1)
+    return (log_p.exp() * (log_p - logits_adv.log_softmax(1))).sum(1).mean()
+
+
+def test_trades_loss_equals_a_direct_computation():
+    model = tiny_bn_net().train()
+    reference = eval_copy(model)
+    x, y = bn_batch()
+    reg = TRADES(beta=6.0, eps=0.05, steps=4)
+    out = reg(model, x, y, torch.Generator().manual_seed(5))
+    start, x_adv = reference_trades_attack(
+        reference, x, 0.05, 4, reg.step_size, torch.Generator().manual_seed(5)
+    )
+    with torch.no_grad():
+        kl_start, kl_adv = batch_kl(reference(x), reference(start)), batch_kl(reference(x), reference(x_adv))
+    assert kl_adv > kl_start > 0  # the attack raised the KL it maximizes
+    reference.train()
+    logits, logits_adv = reference(x), reference(x_adv)  # the caller's mode, clean batch first
+    kl = batch_kl(logits, logits_adv)
+    expected = torch.nn.functional.cross_entropy(logits, y) + 6.0 * kl
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-9)
+    assert out.parts["kl"].item() == pytest.approx(kl.item(), rel=1e-9)
+    assert out.parts["kl"] > 0
+    assert torch.allclose(out.logits, logits, atol=1e-12)  # clean logits
+    for got, want in zip(model.buffers(), reference.buffers()):  # running stats: the two batches only
+        assert torch.allclose(got, want, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "reg", [Adversarial(eps=0.05, steps=2), TRADES(eps=0.05, steps=2)], ids=lambda r: r.name
+)
+def test_attack_objectives_leave_running_stats_modes_and_grads_alone(reg):
+    model = tiny_bn_net().train()
+    x, y = bn_batch()
+    reference = eval_copy(model)
+    x_adv = (
+        reg.attack(reference, x, y, torch.Generator().manual_seed(6)) if reg.name == "adversarial" else None
+    )
+    out = reg(model, x, y, torch.Generator().manual_seed(6))
+    assert all(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    if x_adv is not None:  # BatchNorm saw one train-mode batch: x_adv, and nothing of the attack
+        reference.train()(x_adv)
+        for got, want in zip(model.buffers(), reference.buffers()):
+            assert torch.allclose(got, want, atol=1e-12)
+        assert model[1].num_batches_tracked.item() == 1
+    model.eval()
+    model[1].train()  # mixed modes come back exactly as they were
+    flags = [m.training for m in model.modules()]
+    before = buffers_of(eval_copy(model))
+    reg(model, x, y, torch.Generator().manual_seed(6))
+    assert [m.training for m in model.modules()] == flags
+    model.eval()
+    reg(model, x, y, torch.Generator().manual_seed(6))
+    assert not any(m.training for m in model.modules())
+    changed = [not torch.equal(a, b) for a, b in zip(before, model.buffers())]
+    assert any(changed)  # only the train-mode BatchNorm call above moved them...
+    eval_before = buffers_of(model)
+    reg(model, x, y, torch.Generator().manual_seed(6))
+    assert all(torch.equal(a, b) for a, b in zip(eval_before, model.buffers()))  # ...not an eval call
+
+
+class FailsOnSecondCall(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("boom")
+        return x
+
+
+@pytest.mark.parametrize(
+    "reg", [Adversarial(eps=0.05, steps=3), TRADES(eps=0.05, steps=3)], ids=lambda r: r.name
+)
+def test_attack_objectives_restore_modes_on_error(reg):
+    model = tiny_bn_net()
+    model.insert(0, FailsOnSecondCall())
+    model.train()
+    x, y = bn_batch()
+    with pytest.raises(RuntimeError, match="boom"):
+        reg(model, x, y)
+    assert all(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "reg", [Adversarial(eps=0.05, steps=2), TRADES(eps=0.05, steps=2)], ids=lambda r: r.name
+)
+def test_attack_objectives_run_under_bf16_autocast(reg):
+    model = tiny_bn_net().float().train()
+    x, y = (t.float() if t.is_floating_point() else t for t in bn_batch())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = reg(model, x, y, torch.Generator().manual_seed(0))
+    assert out.logits.dtype == torch.bfloat16
+    assert torch.isfinite(out.loss) and out.loss.dtype == torch.float32
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_attack_objectives_settings_and_errors():
+    adversarial = build_regularizer("adversarial", eps=2 / 255, steps=3)
+    assert adversarial.settings() == {
+        "name": "adversarial",
+        "eps": 2 / 255,
+        "steps": 3,
+        "step_size": pytest.approx(2.5 * 2 / 255 / 3),
+        "random_start": True,
+    }
+    assert build_regularizer(**adversarial.settings()).settings() == adversarial.settings()
+    trades = build_regularizer("trades", eps=2 / 255, steps=3, step_size=1 / 255)
+    assert trades.settings() == {
+        "name": "trades",
+        "beta": 6.0,
+        "eps": 2 / 255,
+        "steps": 3,
+        "step_size": 1 / 255,
+    }
+    with pytest.raises(ValueError, match="steps=0 must be an integer >= 1"):
+        Adversarial(steps=0)
+    with pytest.raises(ValueError, match="steps=2.5 must be an integer"):
+        TRADES(steps=2.5)
+    with pytest.raises(ValueError, match="pixel units"):
+        TRADES(eps=8)
+    with pytest.raises(ValueError, match="beta=-1"):
+        TRADES(beta=-1)
+    with pytest.raises(ValueError, match="step_size=0"):
+        Adversarial(step_size=0)
+
+
+def attack_recipe(regularizer: dict):
+    raw = {"name": "tiny", "architecture": "resnet18_w16_cifar", "regularizer": regularizer}
+    return recipe_from_dict(raw, source="r.yaml")
+
+
+def test_recipes_take_the_attack_objectives():
+    recipe = attack_recipe({"name": "adversarial", "eps": "2/255", "steps": 3, "step_size": "1/255"})
+    reg = build_regularizer(recipe.regularizer["name"], **recipe.regularizer_params())
+    assert (reg.eps, reg.steps, reg.step_size, reg.random_start) == (2 / 255, 3, 1 / 255, True)
+    recipe = attack_recipe({"name": "trades", "beta": 6, "eps": "8/255", "steps": 10})
+    reg = build_regularizer(recipe.regularizer["name"], **recipe.regularizer_params())
+    assert (reg.beta, reg.eps, reg.steps) == (6.0, 8 / 255, 10)
+
+
+@pytest.mark.parametrize(
+    "regularizer, message",
+    [
+        ({"name": "adversarial", "eps": "2/255", "steps": 0}, r"r.yaml: regularizer.steps=0 must be >= 1"),
+        ({"name": "adversarial", "steps": 2.5}, "regularizer.steps=2.5 must be an integer"),
+        (
+            {"name": "adversarial", "random_start": "yes"},
+            "regularizer.random_start='yes' must be true or false",
+        ),
+        ({"name": "adversarial", "beta": 6}, r"unknown key regularizer.'beta'.*Valid keys"),
+        ({"name": "trades", "random_start": False}, r"unknown key regularizer.'random_start'"),
+        ({"name": "trades", "stpes": 3}, r"regularizer.'stpes'. Did you mean \['steps'\]"),
+        ({"name": "trades", "eps": 8}, "pixel units"),
+        ({"name": "trades", "step_size": 0}, "regularizer.step_size=0 must be > 0"),
+        ({"name": "trades", "beta": -1}, "regularizer.beta=-1 must be >= 0"),
+    ],
+)
+def test_recipes_refuse_bad_attack_settings_in_one_line(regularizer, message):
+    with pytest.raises(RecipeError, match=message) as err:
+        attack_recipe(regularizer)
+    assert "\n" not in str(err.value)
