@@ -89,27 +89,60 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     return pearson(average_ranks(fa), average_ranks(fb))
 
 
-def _untied_ordered_pairs(x: Tensor) -> Tensor:
-    """Number of ordered pairs (i, j) with x_i != x_j per row: N^2 - sum over tie groups of size^2."""
-    sorted_x = torch.sort(x.contiguous(), dim=1).values
-    group_size = torch.searchsorted(sorted_x, sorted_x, right=True) - torch.searchsorted(sorted_x, sorted_x)
-    return x.shape[1] ** 2 - group_size.sum(1).double()
+def _tied_pairs(sorted_rows: Tensor, same_as_previous: Tensor) -> Tensor:
+    """Unordered pairs inside runs of equal values per row: sum over runs of t(t-1)/2, where
+    ``same_as_previous[:, i]`` says whether element i + 1 of the sorted row equals element i."""
+    n = sorted_rows.shape[1]
+    index = torch.arange(n, device=sorted_rows.device).expand(sorted_rows.shape[0], n)
+    starts = torch.ones_like(index, dtype=torch.bool)
+    starts[:, 1:] = ~same_as_previous
+    run_start = torch.where(starts, index, torch.zeros_like(index)).cummax(1).values
+    return (index - run_start).sum(1).double()  # element i closes (i - run start) tied pairs
 
 
-def kendall_tau(a: Tensor, b: Tensor, chunk: int = 64) -> Tensor:
-    """Kendall's tau-b over all pixel pairs (exact; O(N^2) sign products in chunks of ``chunk`` rows)."""
+def _discordant_pairs(b_in_a_order: Tensor) -> Tensor:
+    """Pairs i < j with b_i > b_j (strictly) per row: the inversions, counted by a bottom-up merge
+    sort whose levels run on all rows and blocks at once (O(N log^2 N) with torch.sort per level)."""
+    rows, n = b_in_a_order.shape
+    width = 1 << max(0, (n - 1).bit_length())
+    pad = torch.full((rows, width - n), float("inf"), dtype=b_in_a_order.dtype, device=b_in_a_order.device)
+    blocks = torch.cat([b_in_a_order, pad], 1)  # +inf pads sit at the end: they invert nothing
+    inversions = torch.zeros(rows, dtype=torch.float64, device=blocks.device)
+    size = 1
+    while size < width:
+        pairs = blocks.view(rows, -1, 2, size)
+        left, right = pairs[:, :, 0].contiguous(), pairs[:, :, 1].contiguous()
+        # for each right element, the left elements (an already sorted block) greater than it
+        not_greater = torch.searchsorted(left, right, right=True)
+        inversions += (size - not_greater).sum((1, 2)).double()
+        blocks = torch.sort(pairs.reshape(rows, -1, 2 * size), dim=2).values.reshape(rows, width)
+        size *= 2
+    return inversions
+
+
+def kendall_tau(a: Tensor, b: Tensor) -> Tensor:
+    """Kendall's tau-b over all pixel pairs, exact, in O(N log^2 N) (Knight's method: sort by a,
+    count the inversions of b by merge sort) with scipy.stats.kendalltau's tie handling; 0 where a
+    map is constant."""
     fa, fb = _flat(a, b)
-    concordance = torch.zeros(fa.shape[0], dtype=torch.float64, device=fa.device)
-    # signs of differences in the inputs' own precision (float32 unless one is float64): exact, and
-    # values distinct in float64 are not made ties
+    # compared in the inputs' own precision (float32 unless one is float64): values distinct in
+    # float64 are not made ties
     work = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
-    a32, b32 = fa.to(work), fb.to(work)
-    for start in range(0, fa.shape[1], chunk):
-        sa = torch.sign(a32[:, start : start + chunk, None] - a32[:, None, :])
-        sb = torch.sign(b32[:, start : start + chunk, None] - b32[:, None, :])
-        concordance += torch.einsum("bij,bij->b", sa, sb).double()
-    denom = (_untied_ordered_pairs(a32) * _untied_ordered_pairs(b32)).sqrt()
-    return torch.where(denom > 0, concordance / denom.clamp_min(1e-300), torch.zeros_like(denom))
+    fa, fb = fa.to(work), fb.to(work)
+    n = fa.shape[1]
+    by_b = torch.sort(fb, dim=1, stable=True).indices  # sort by (a, b): by b, then stably by a
+    a_then_b = by_b.gather(1, torch.sort(fa.gather(1, by_b), dim=1, stable=True).indices)
+    sa, sb = fa.gather(1, a_then_b), fb.gather(1, a_then_b)
+    tied_a = _tied_pairs(sa, sa[:, 1:] == sa[:, :-1])
+    tied_both = _tied_pairs(sa, (sa[:, 1:] == sa[:, :-1]) & (sb[:, 1:] == sb[:, :-1]))
+    sorted_b = torch.sort(fb, dim=1).values
+    tied_b = _tied_pairs(sorted_b, sorted_b[:, 1:] == sorted_b[:, :-1])
+    all_pairs = n * (n - 1) / 2
+    concordant_minus_discordant = all_pairs - tied_a - tied_b + tied_both - 2 * _discordant_pairs(sb)
+    denom = ((all_pairs - tied_a) * (all_pairs - tied_b)).sqrt()
+    return torch.where(
+        denom > 0, concordant_minus_discordant / denom.clamp_min(1e-300), torch.zeros_like(denom)
+    )
 
 
 def cosine(a: Tensor, b: Tensor) -> Tensor:

@@ -137,3 +137,27 @@ def test_topk_fraction_as_numpy_or_tensor_scalar(k):
     assert M.topk_intersection(a, b, np.int64(26)).tolist() == M.topk_intersection(a, b, 26).tolist()
     with pytest.raises(TypeError, match="k='0.1' must be a fraction"):
         M.topk_intersection(a, b, "0.1")
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 100, 1025])
+@pytest.mark.parametrize("levels", [0, 3, 40])
+def test_kendall_matches_scipy_at_lengths_that_are_not_powers_of_two(n, levels):
+    """The merge-sort count pads each row to a power of two; ties in a, in b and in both at once."""
+    g = torch.Generator().manual_seed(n * 100 + levels)
+    a, b = torch.rand(4, n, generator=g), torch.rand(4, n, generator=g)
+    if levels:
+        a, b = (a * levels).floor(), (b * levels).floor()
+    b[1], b[2] = a[1], -a[2]  # perfect agreement and perfect disagreement
+    tau = M.kendall_tau(a, b)
+    for i in range(4):
+        expected = stats.kendalltau(a[i].numpy(), b[i].numpy()).statistic
+        assert tau[i].item() == pytest.approx(0.0 if np.isnan(expected) else expected, abs=1e-9)
+
+
+def test_kendall_on_224x224_maps_matches_scipy():
+    a, b = random_maps(seed=3, shape=(2, 224, 224))
+    a[1] = (a[1] * 10).floor()  # a ReLU-like map with many ties
+    tau = M.kendall_tau(a, b)
+    for i in range(2):
+        expected = stats.kendalltau(a[i].flatten().numpy(), b[i].flatten().numpy()).statistic
+        assert tau[i].item() == pytest.approx(expected, abs=1e-9)
