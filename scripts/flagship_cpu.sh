@@ -1,7 +1,8 @@
 #!/bin/bash
 # The CPU jobs of the resnet18_cifar10 family after its standard model, one after another (2 cores:
-# one CPU-heavy job at a time): the LGA, control and Hessian fine-tunes, their 500-image evaluations
-# and the train-step table. A step is skipped when this checkout already publishes its result
+# one CPU-heavy job at a time): the LGA, control and Hessian fine-tunes, then the frontier's fine-tunes
+# (LGA, Hessian, gradient norm, adversarial training and TRADES at other strengths), their 500-image
+# evaluations and the train-step table. A step is skipped when this checkout already publishes its result
 # (scripts/flagship_state.py: weights trained from today's recipe, results of the pinned weights on
 # enough images), so on any machine just start it again; training steps resume their checkpoints.
 #
@@ -71,10 +72,14 @@ step eval_lga_500 evaluate resnet18_cifar10_lga 500 200
 step eval_control_500 evaluate resnet18_cifar10_control 500 200
 step train_hessian train resnet18_cifar10_hessian
 step eval_hessian_500 evaluate resnet18_cifar10_hessian 500 200
-# The frontier: fine-tunes of the same standard weights with the control's schedule, stored in float16.
+# The frontier: fine-tunes of the same standard weights with the control's schedule, stored in float16,
+# and once the train-step table with a row per training objective (about 8 min).
+bench=$Q/train_step_resnet18_cifar.md
 for name in lga_l2_0p05 adversarial_eps2 hessian_lam5em6 adversarial_eps1 gradnorm_lam0p005 trades_beta6 \
   lga_l2_0p4 gradnorm_lam0p02; do
   step "train_$name" train "resnet18_cifar10_$name" float16
   step "eval_${name}_500" evaluate "resnet18_cifar10_$name" 500 200
+  [ -s "$bench" ] || step bench_train_step sh -c "python benchmarks/train_step.py --arch resnet18_cifar \
+    --regularizers none,lga,hessian,gradnorm,adversarial,trades --steps 3 > '$bench.tmp' && mv '$bench.tmp' '$bench'"
 done
 log "queue finished"
