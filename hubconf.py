@@ -92,7 +92,7 @@ def resnet18_cifar10_lga(pretrained: bool = True, **kwargs):
 
 
 def resnet18_cifar10_lga_l2_0p05(pretrained: bool = True, **kwargs):
-    """resnet18_cifar (Softplus beta 3) on CIFAR-10 trained with the `lga` regularizer (eps=4/255, lambda_l2=0.05, lambda_cos=1.0, perturbation=uniform, detach_source=True): fine-tuned from lga-zoo/resnet18_cifar10_standard, weights not published yet.
+    """resnet18_cifar (Softplus beta 3) on CIFAR-10 trained with the `lga` regularizer (eps=4/255, lambda_l2=0.05, lambda_cos=1.0, perturbation=uniform, detach_source=True): 1 epoch fine-tuned from lga-zoo/resnet18_cifar10_standard, weights stored in float16.
 
     Recipe: recipes/resnet18_cifar10_lga_l2_0p05.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
     """

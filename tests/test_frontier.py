@@ -1,6 +1,7 @@
 """The frontier picture: points from published results.json and config.json files, and the drawing."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,24 @@ def test_a_standard_without_results_is_refused(family):
     (family / "std" / "results.json").unlink()
     with pytest.raises(ValueError, match="'std' has no results.json"):
         frontier_points(family, "std")
+
+
+REPO = Path(__file__).resolve().parents[1]
+MENTION = re.compile(r"`(resnet18_\w+)` \((\d+\.\d\d)%\): top-k (\d\.\d{3}) \[(\d\.\d{3}), (\d\.\d{3})\]")
+
+
+def test_readme_frontier_figures_match_the_published_results():
+    """The README's frontier paragraph quotes each model as "`NAME` (A%): top-k T [L, H]"; every
+    such figure is its results.json's, and the picture beside it is at least 1000x500."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### The frontier") :]
+    section = section[: section.index("\n## ")]
+    mentions = MENTION.findall(section)
+    assert mentions, "the frontier paragraph quotes no model"
+    for name, accuracy, topk, low, high in mentions:
+        results = json.loads((REPO / "model_cards" / name / "results.json").read_text())
+        stat = results["robustness"]["grad"]["targeted"]["topk"]
+        assert accuracy == f"{results['accuracy']['clean'] * 100:.2f}", name
+        assert [topk, low, high] == [f"{v:.3f}" for v in (stat["mean"], *stat["ci95"])], name
+    with Image.open(REPO / "examples" / "frontier.png") as picture:
+        assert picture.size[0] >= 1000 and picture.size[1] >= 500

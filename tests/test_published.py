@@ -173,6 +173,34 @@ def test_lga_reaches_the_issue_target_under_an_independent_frame_attack(frame_at
     assert frame_attack_top_k["lga"] >= frame_attack_top_k["standard"] + 0.10, frame_attack_top_k
 
 
+def independent_apgd_ce_accuracy(model, images, labels, eps=2 / 255, steps=50, batch=100):
+    """Accuracy under torchattacks' APGD-CE (fp32, L-inf ``eps``; seeded) on ``images``: a maintained
+    attack that shares no code with lga_zoo's evaluation."""
+    torchattacks = pytest.importorskip(
+        "torchattacks", reason="torchattacks is not installed (the eval extra)"
+    )
+    attack = torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, loss="ce", seed=0)
+    with torch.random.fork_rng(devices=[]):
+        correct = sum(
+            (model(attack(x, y)).argmax(1) == y).sum().item()
+            for x, y in zip(images.split(batch), labels.split(batch))
+        )
+    return correct / len(labels)
+
+
+@pytest.mark.slow
+def test_adversarial_training_is_clearly_more_robust_under_an_independent_apgd_ce(real_cifar):
+    """Issue 46's check: an adversarially trained fine-tune keeps at least 10 points more accuracy
+    than the standard model under fp32 APGD-CE at L-inf 2/255 on 200 seeded test images."""
+    adversarial = [name for name in PUBLISHED if name.startswith("resnet18_cifar10_adversarial_")]
+    if not adversarial:
+        pytest.skip("no adversarially trained resnet18_cifar10 model is published yet")
+    x, y = seeded_test_images(real_cifar, 200, seed=2)
+    standard = independent_apgd_ce_accuracy(lga_zoo.load("resnet18_cifar10_standard"), x, y)
+    robust = {name: independent_apgd_ce_accuracy(lga_zoo.load(name), x, y) for name in adversarial}
+    assert max(robust.values()) >= standard + 0.10, (standard, robust)
+
+
 def print_independent_check(archive, names=()) -> None:
     """Print issue 12's independent check for every published resnet18_cifar10 model (or those of
     ``names``): this file's accuracy on the 2,000 seeded test images and frame-attack top-k on the
