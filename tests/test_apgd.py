@@ -1,9 +1,10 @@
 """Robust accuracy under AutoAttack's gradient part (APGD-CE, then APGD-T on the images left), by
 torchattacks, in fp32: against direct torchattacks calls, side effects, the ``--add apgd`` merge into an
-existing results.json."""
+existing results.json, cards and leaderboard."""
 
 import json
 import sys
+from dataclasses import replace
 from importlib.util import find_spec
 
 import pytest
@@ -242,3 +243,51 @@ def test_add_apgd_to_existing_results_merges_only_apgd_resumes_and_refuses_other
     assert "leave out --n-images" in capsys.readouterr().err
     assert _run(monkeypatch, [*add, "--out", str(tmp_path / "none.json")]) == 2
     assert "evaluate in full first" in capsys.readouterr().err
+
+
+def apgd_results(accuracy, apgd=None):
+    from test_cards_cli import sample_results
+
+    results = sample_results(accuracy)
+    if apgd is not None:
+        record = {"eps": 2 / 255, "steps": 50, "accuracy": apgd, "n_images": 100, "ci95": [apgd - 0.05, apgd + 0.05],
+                  "ci95_method": "wilson", "accuracy_apgd_ce": apgd + 0.02, "attacks": ["apgd-ce", "apgd-t"],
+                  "n_target_classes": 3, "implementation": "torchattacks 3.5.1", "precision": "fp32"}  # fmt: skip
+        results["accuracy"]["apgd"] = {"linf": record, "l2": {**record, "eps": 0.25}}
+        results["additions"] = {"apgd": {"command": "lga-zoo evaluate NAME --data-dir DIR --add apgd"}}
+    return results
+
+
+def test_cards_and_leaderboard_show_apgd_where_measured_else_pgd_marked(monkeypatch):
+    import lga_zoo.leaderboard as leaderboard
+    from lga_zoo import registry
+    from lga_zoo.cards import comparison_section, render_card, summary_metrics
+
+    entry = registry.get_entry(MODEL)
+    with_apgd = apgd_results(0.81, apgd=0.2)
+    metrics = summary_metrics(with_apgd)
+    assert metrics["apgd_linf"] == 0.2 and metrics["apgd_l2"] == 0.2 and metrics["pgd_linf"] == 0.31
+    card = render_card(entry, with_apgd)
+    assert "| APGD linf accuracy (eps 0.007843, APGD-CE then APGD-T with 3 target classes" in card
+    assert "| 20.00% [15.00%, 25.00%]; APGD-CE alone 22.00% |" in card
+    assert "by `lga-zoo evaluate NAME --data-dir DIR --add apgd`" in card
+    assert "name: APGD l2 accuracy (eps 0.25, APGD-CE then APGD-T with 3 targets, 50 steps, fp32)" in card
+    assert "APGD" not in render_card(entry, apgd_results(0.81))
+
+    family = registry.get_entry("resnet18_w16_cifar10_standard")
+    members = {family.name: apgd_results(0.8, apgd=0.2), MODEL: apgd_results(0.81)}
+    table = comparison_section(entry, members)
+    assert "| L-inf robust acc. |" in table and "| 20.00% |" in table and "| 31.00% (PGD) |" in table
+    assert "| PGD L-inf |" in comparison_section(
+        entry, {family.name: apgd_results(0.8), MODEL: members[MODEL]}
+    )
+
+    plain = leaderboard.leaderboard_markdown()
+    entries = [replace(e, metrics={**e.metrics, "apgd_linf": 0.1}) if e.name == MODEL else e
+               for e in registry.all_entries()]  # fmt: skip
+    monkeypatch.setattr(leaderboard, "all_entries", lambda: entries)
+    board = leaderboard.leaderboard_markdown()
+    assert "L-inf robust acc. (APGD; PGD where marked)" in board and "PGD L-inf acc." in plain
+    rows = {line.split(" | ")[0][2:]: line for line in board.splitlines()[2:]}
+    assert "| 10.00% |" in rows[MODEL]
+    assert all("(PGD)" in row for name, row in rows.items() if name != MODEL and "%" in row)
