@@ -29,9 +29,10 @@ DATASET_NAMES = {"cifar10": "CIFAR-10", "imagenet100": "ImageNet-100", "folder":
 
 
 def summary_metrics(results: dict[str, Any] | None) -> dict[str, float]:
-    """The flat metrics a registry entry and the leaderboard carry: ``accuracy``, ``pgd_linf`` and
-    ``METHOD/ATTACK/METRIC`` means, rounded to 4 digits, and ``n_robustness``, the number of test
-    images the robustness figures were measured on."""
+    """The flat metrics a registry entry and the leaderboard carry: ``accuracy``, ``pgd_linf``,
+    ``pgd_l2``, ``apgd_linf`` and ``apgd_l2`` (where measured) and ``METHOD/ATTACK/METRIC`` means,
+    rounded to 4 digits, and ``n_robustness``, the number of test images the robustness figures were
+    measured on."""
     if not results:
         return {}
     flat: dict[str, float] = {}
@@ -40,8 +41,10 @@ def summary_metrics(results: dict[str, Any] | None) -> dict[str, float]:
     accuracy = results.get("accuracy", {})
     if "clean" in accuracy:
         flat["accuracy"] = round(accuracy["clean"], 4)
-    for norm, record in accuracy.get("pgd", {}).items():
-        flat[f"pgd_{norm}"] = round(record["accuracy"], 4)
+    for attack in ("pgd", "apgd"):
+        for norm, record in accuracy.get(attack, {}).items():
+            if record.get("accuracy") is not None:
+                flat[f"{attack}_{norm}"] = round(record["accuracy"], 4)
     for method, attacks in results.get("robustness", {}).items():
         for attack, metrics in attacks.items():
             for metric in CARD_METRICS:
@@ -67,6 +70,16 @@ def _model_index(entry: ZooEntry, results: dict[str, Any]) -> list[dict[str, Any
                 "value": round(record["accuracy"] * 100, 2),
             }
         )
+    for norm, record in accuracy.get("apgd", {}).items():
+        if record.get("accuracy") is not None:
+            metrics.append(
+                {
+                    "type": "robust_accuracy",
+                    "name": f"APGD {norm} accuracy (eps {record['eps']:.4g}, APGD-CE then APGD-T with "
+                    f"{record.get('n_target_classes', '?')} targets, {record.get('steps', '?')} steps, fp32)",
+                    "value": round(record["accuracy"] * 100, 2),
+                }
+            )
     for method, attacks in results.get("robustness", {}).items():
         for attack, values in attacks.items():
             for metric in CARD_METRICS:
@@ -147,6 +160,51 @@ def _attack_activation(results: dict[str, Any], entry: ZooEntry) -> str:
     return f"the model's own Softplus(beta={entry.softplus_beta:g})"
 
 
+def apgd_description(record: dict[str, Any]) -> str:
+    """How an ``accuracy.apgd`` entry was measured: "eps 0.007843, APGD-CE then APGD-T with 3 target
+    classes on the images left, 50 steps each, fp32, torchattacks 3.5.1"."""
+    targets = record.get("n_target_classes", "?")
+    return (
+        f"eps {record['eps']:.4g}, APGD-CE then APGD-T with {targets} target class"
+        f"{'' if targets == 1 else 'es'} on the images left, {record.get('steps', '?')} steps each, "
+        f"{record.get('precision', 'fp32')}, {record.get('implementation', 'torchattacks')}"
+    )
+
+
+def _apgd_rows(results: dict[str, Any]) -> list[str]:
+    """The evaluation table's APGD rows (robust fraction, Wilson 95% interval), and where the figures
+    were added to an earlier evaluation, the command that added them."""
+    rows = []
+    for norm, record in results["accuracy"].get("apgd", {}).items():
+        if record.get("accuracy") is None:
+            continue
+        interval = ""
+        if record.get("ci95"):
+            low, high = record["ci95"]
+            interval = f" [{low:.2%}, {high:.2%}]"
+        alone = record.get("accuracy_apgd_ce")
+        after_ce = f"; APGD-CE alone {alone:.2%}" if alone is not None else ""
+        rows.append(
+            f"| APGD {norm} accuracy ({apgd_description(record)}, {record['n_images']} images) | "
+            f"{record['accuracy']:.2%}{interval}{after_ce} |"
+        )
+    return rows
+
+
+def _apgd_notes(results: dict[str, Any]) -> list[str]:
+    if not results["accuracy"].get("apgd"):
+        return []
+    notes = [
+        "",
+        "APGD: AutoAttack's gradient part; an image counts as robust only if it is classified correctly after "
+        "APGD-CE and after APGD-T (95% Wilson interval).",
+    ]
+    command = results.get("additions", {}).get("apgd", {}).get("command")
+    if command:
+        notes[-1] += f" Added to this evaluation on the same images by `{command}`."
+    return notes
+
+
 def _evaluation_section(results: dict[str, Any] | None, entry: ZooEntry) -> str:
     if not results:
         return "Not evaluated yet: run `lga-zoo evaluate NAME --data-dir DIR`, then `lga-zoo card NAME`.\n"
@@ -167,6 +225,8 @@ def _evaluation_section(results: dict[str, Any] | None, entry: ZooEntry) -> str:
             f"| PGD {norm} accuracy (eps {record['eps']:.4g}, {record['steps']} steps, "
             f"{record['n_images']} images) | {record['accuracy']:.2%} |"
         )
+    lines += _apgd_rows(results)
+    lines += _apgd_notes(results)
     lines += [
         "",
         "Attribution robustness: similarity of the map at x and at the perturbed x' (mean and 95% interval).",
@@ -264,8 +324,12 @@ def comparison_section(
     family = [m for m in family_of(entry) if m.has_weights or m.name == entry.name]
     if len(family) < 2:
         return ""
+    apgd_anywhere = any(
+        (family_results.get(m.name) or {}).get("accuracy", {}).get("apgd", {}).get("linf") for m in family
+    )
+    robust_title = "L-inf robust acc." if apgd_anywhere else "PGD L-inf"
     header = (
-        "| model | regularizer | last run | images | accuracy | PGD L-inf | "
+        f"| model | regularizer | last run | images | accuracy | {robust_title} | "
         + " | ".join(t for *_, t in COMPARISON_COLUMNS)
         + " |"
     )
@@ -306,18 +370,19 @@ def comparison_section(
             )
             continue
         accuracy = results["accuracy"]
-        pgd = accuracy.get("pgd", {}).get("linf")
-        cells = [
-            _images_measured(results),
-            f"{accuracy['clean']:.2%}",
-            f"{pgd['accuracy']:.2%}" if pgd else "-",
-        ]
+        cells = [_images_measured(results), f"{accuracy['clean']:.2%}", _robust_cell(accuracy, apgd_anywhere)]
         for method, attack, _ in COMPARISON_COLUMNS:
             value = results.get("robustness", {}).get(method, {}).get(attack, {}).get("topk")
             cells.append("-" if value is None else mean_and_interval(value))
         lines.append(
             f"| {name} | {_regularizer_cell(member.regularizer)} | {run} | " + " | ".join(cells) + " |"
         )
+    if apgd_anywhere:
+        lines += [
+            "",
+            "L-inf robust acc.: APGD (AutoAttack's APGD-CE then APGD-T, fp32) where measured, else PGD "
+            "(marked), at each model's L-inf radius.",
+        ]
     if starred_inits:
         shas = ", ".join(f"{sha[:12]}..." for sha in sorted(set(starred_inits)))
         lines += [
@@ -332,6 +397,18 @@ def comparison_section(
             ),
         ]
     return "\n".join(lines) + "\n\n"
+
+
+def _robust_cell(accuracy: dict[str, Any], apgd_anywhere: bool) -> str:
+    """The comparison's L-inf robust accuracy: PGD's where no model of the family has APGD; else APGD's,
+    or PGD's marked "(PGD)" for a model without APGD."""
+    apgd = accuracy.get("apgd", {}).get("linf") if apgd_anywhere else None
+    if apgd and apgd.get("accuracy") is not None:
+        return f"{apgd['accuracy']:.2%}"
+    pgd = accuracy.get("pgd", {}).get("linf")
+    if not pgd:
+        return "-"
+    return f"{pgd['accuracy']:.2%}" + (" (PGD)" if apgd_anywhere else "")
 
 
 def _regularizer_cell(regularizer: dict[str, Any]) -> str:

@@ -342,18 +342,16 @@ def _make_parent(path: Path) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import shlex
-
     from .cards import mean_and_interval
     from .evaluate import EvalSettings, run_evaluation
     from .folder import atomic_write_text
-    from .hub import RESULTS_NAME, model_card_dir
-    from .registry import list_models
 
+    if args.add:
+        return _add_to_results(args)
     settings = EvalSettings(
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
         attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()),
-        n_robustness=args.n_images,
+        n_robustness=args.n_images or DEFAULT_N_IMAGES,
         n_accuracy=args.n_accuracy,
         eps=args.eps,
         attack_steps=args.attack_steps,
@@ -363,24 +361,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         n_slow=args.n_images_slow,
         attack_amp=args.attack_amp,
-        seed=args.seed,
+        seed=0 if args.seed is None else args.seed,
+        apgd_steps=args.apgd_steps,
+        apgd_targets=args.apgd_targets,
     )
-    is_zoo_name = args.model in list_models(pretrained=False)
-    recorded = _without_paths(sys.argv[2:], None if is_zoo_name else args.model)
-    command = "lga-zoo evaluate " + " ".join(shlex.quote(a) for a in recorded) if args.record_argv else None
-    own_folder = _own_model_folder(args.model)
-    if args.publish and not is_zoo_name:
-        raise ValueError(f"--publish writes a zoo model's card; {args.model!r} is not a zoo name")
-    if args.publish and args.out:
-        raise ValueError("--publish writes model_cards/NAME/results.json; leave out --out")
-    if args.publish:
-        out = model_card_dir(args.model) / RESULTS_NAME
-    elif args.out:
-        out = Path(args.out)
-    elif own_folder is not None:
-        out = own_folder / RESULTS_NAME  # a folder of one's own: results and card beside the weights
-    else:
-        out = Path("runs") / "evaluate" / Path(args.model).name / RESULTS_NAME
+    command, own_folder, out = _evaluation_paths(args)
     _make_parent(out)
     partial = out.with_name(out.stem + ".partial.json")
     state = Path(args.state) if args.state else _default_state_path(args.model, out, args.publish)
@@ -410,10 +395,57 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(
         f"accuracy {results['accuracy']['clean']:.2%} on {results['accuracy']['n_images']} images; results in {out}"
     )
+    _print_apgd(results)
     for method, attacks in results["robustness"].items():
         for attack, values in attacks.items():
             if "topk" in values:
                 print(f"  {method:22s} {attack:9s} top-k intersection {mean_and_interval(values['topk'])}")
+    _refresh_cards(args, results, out, own_folder)
+    return 0
+
+
+DEFAULT_N_IMAGES = 1000
+
+
+def _evaluation_paths(args: argparse.Namespace) -> tuple[str | None, Path | None, Path]:
+    """The command as results record it, the model's own folder (None for a zoo model) and the
+    results JSON the evaluation writes (with ``--add``: the one it adds to)."""
+    import shlex
+
+    from .hub import RESULTS_NAME, model_card_dir
+    from .registry import list_models
+
+    is_zoo_name = args.model in list_models(pretrained=False)
+    recorded = _without_paths(sys.argv[2:], None if is_zoo_name else args.model)
+    command = "lga-zoo evaluate " + " ".join(shlex.quote(a) for a in recorded) if args.record_argv else None
+    own_folder = _own_model_folder(args.model)
+    if args.publish and not is_zoo_name:
+        raise ValueError(f"--publish writes a zoo model's card; {args.model!r} is not a zoo name")
+    if args.publish and args.out:
+        raise ValueError("--publish writes model_cards/NAME/results.json; leave out --out")
+    if args.publish:
+        out = model_card_dir(args.model) / RESULTS_NAME
+    elif args.out:
+        out = Path(args.out)
+    elif own_folder is not None:
+        out = own_folder / RESULTS_NAME  # a folder of one's own: results and card beside the weights
+    else:
+        out = Path("runs") / "evaluate" / Path(args.model).name / RESULTS_NAME
+    return command, own_folder, out
+
+
+def _print_apgd(results: dict) -> None:
+    for norm, record in results["accuracy"].get("apgd", {}).items():
+        low, high = record["ci95"] or (float("nan"), float("nan"))
+        print(
+            f"  APGD {norm:4s} eps {record['eps']:.4g}: {record['accuracy']:.2%} [{low:.2%}, {high:.2%}] robust "
+            f"on {record['n_images']} images (APGD-CE alone {record['accuracy_apgd_ce']:.2%})"
+        )
+
+
+def _refresh_cards(args: argparse.Namespace, results: dict, out: Path, own_folder: Path | None) -> None:
+    from .hub import RESULTS_NAME
+
     if args.publish:
         _card(argparse.Namespace(name=args.model, results=None))
     elif own_folder is not None and out == own_folder / RESULTS_NAME:
@@ -421,15 +453,76 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"card refreshed: {own_folder / 'README.md'}")
     else:
         print("published files unchanged (add --publish to write the card, zoo.json and the leaderboard)")
+
+
+def _add_to_results(args: argparse.Namespace) -> int:
+    """``lga-zoo evaluate NAME --add apgd``: APGD on the robustness images of the results JSON the
+    same command without ``--add`` writes (``--publish``: the published one), merged into it."""
+    from .evaluate import run_apgd_addition
+    from .folder import atomic_write_text
+
+    command, own_folder, out = _evaluation_paths(args)
+    if not out.is_file():
+        raise ValueError(
+            f"--add {args.add} adds to an existing evaluation's results; there is none at {str(out)!r} "
+            "(evaluate in full first, or name the results with --out)"
+        )
+    try:
+        results = json.loads(out.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{out} is not JSON ({error})") from None
+    measured = {
+        "--n-images": (args.n_images, results.get("data", {}).get("n_robustness")),
+        "--seed": (args.seed, results.get("seed")),
+        "--split": (args.split, results.get("data", {}).get("split")),
+    }
+    for flag, (given, recorded) in measured.items():
+        if given is not None and given != recorded:
+            raise ValueError(
+                f"{flag} {given} with --add: APGD runs on the images {out} measured ({flag} {recorded}); "
+                f"leave out {flag}"
+            )
+    state = Path(args.state) if args.state else _default_state_path(args.model, out, args.publish, "apgd")
+    merged, done = run_apgd_addition(
+        args.model,
+        args.data_dir,
+        results,
+        steps=args.apgd_steps,
+        targets=args.apgd_targets,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.no_progress,
+        command=command,
+        state_path=state,
+        resume=args.resume,
+        stop_after_seconds=args.max_minutes * 60 if args.max_minutes else None,
+        what=str(out),
+    )
+    wanted = results["data"]["n_robustness"]
+    if done < wanted:
+        print(
+            f"stopped after {done} of {wanted} images (--max-minutes); {out} unchanged; continue with the same "
+            "command and --resume",
+            file=sys.stderr,
+        )
+        return 3
+    if "apgd" in results["accuracy"]:
+        print(f"replacing the APGD figures {out} held")
+    atomic_write_text(out, json.dumps(merged, indent=2) + "\n")
+    state.unlink(missing_ok=True)
+    print(f"APGD added to {out}")
+    _print_apgd(merged)
+    _refresh_cards(args, merged, out, own_folder)
     return 0
 
 
-def _default_state_path(model: str, out: Path, publish: bool) -> Path:
-    """Where a stopped evaluation is saved: beside its results, but under runs/ for published results
-    (model_cards/ is pushed to the Hub)."""
+def _default_state_path(model: str, out: Path, publish: bool, addition: str | None = None) -> Path:
+    """Where a stopped evaluation (or ``--add ADDITION``) is saved: beside its results, but under runs/
+    for published results (model_cards/ is pushed to the Hub)."""
+    prefix = f"{addition}." if addition else ""
     if publish:
-        return Path("runs") / "evaluate" / Path(model).name / "state.safetensors"
-    return out.with_name(out.stem + ".state.safetensors")
+        return Path("runs") / "evaluate" / Path(model).name / f"{prefix}state.safetensors"
+    return out.with_name(f"{out.stem}.{prefix}state.safetensors")
 
 
 PLACEHOLDERS = {"--data-dir": "DIR", "--out": "OUT", "--state": "STATE"}
@@ -598,7 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split", help="split to measure (default: test for CIFAR-10, val or test for folders)")
     p.add_argument(
-        "--n-images", type=_positive_int, default=1000, help="images for robustness and PGD (default 1000)"
+        "--n-images",
+        type=_positive_int,
+        help=f"images for robustness, PGD and APGD (default {DEFAULT_N_IMAGES}; with --add: the results')",
     )
     p.add_argument(
         "--n-accuracy", type=_positive_int, help="images for clean accuracy (default: the whole split)"
@@ -612,7 +707,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods", default="grad,ig", help="comma-separated: grad,input_x_grad,ig,smoothgrad,boundary"
     )
     p.add_argument(
-        "--attacks", default="random,targeted,topk,pgd", help="comma-separated: random,targeted,topk,pgd"
+        "--attacks",
+        default="random,targeted,topk,pgd",
+        help="comma-separated: random,targeted,topk,pgd,apgd (default: all but apgd; apgd: AutoAttack's "
+        "APGD-CE then APGD-T, torchattacks, fp32, at the PGD radii; needs "
+        "`pip install --no-deps torchattacks==3.5.1`)",
     )
     p.add_argument(
         "--eps", type=_fraction, default=4 / 255, help="L-inf radius of the perturbations, pixels in [0, 1]"
@@ -638,7 +737,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the attacks (not the maps) under bf16 autocast "
         "(benchmarks/evaluate_precision.py compares its figures and time with fp32)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--apgd-steps", type=_positive_int, default=50, help="steps of APGD-CE and of APGD-T (default 50)"
+    )
+    p.add_argument(
+        "--apgd-targets",
+        type=_positive_int,
+        default=3,
+        help="APGD-T's target classes, the most likely wrong ones (default 3; AutoAttack: 9 on CIFAR-10)",
+    )
+    p.add_argument(
+        "--add",
+        choices=["apgd"],
+        help="measure only this on the robustness images of the existing results (the --out, --publish or "
+        "default results JSON; same weights, data, seed), and merge it in: no other figure is measured again",
+    )
+    p.add_argument("--seed", type=int, help="default 0; with --add: the results'")
     p.add_argument("--batch-size", type=_positive_int, default=100)
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--out", help="results JSON (default runs/evaluate/NAME/results.json)")

@@ -1,7 +1,7 @@
 """Checkpoints of a long evaluation, so that ``lga-zoo evaluate --resume`` continues a stopped run.
 
 After every batch of robustness images the evaluation saves what it has measured so far: the
-per-image similarities, the PGD and prediction-change counts, the clean accuracy and the state of
+per-image similarities, the PGD, APGD and prediction-change counts, the clean accuracy and the state of
 its random generator. A resumed run skips the batches already done and ends with the same figures
 as an uninterrupted one. The file is safetensors (never a pickle): one tensor per (method, attack,
 similarity) and the generator's state, with JSON metadata that also holds a fingerprint of the
@@ -34,6 +34,12 @@ class Measured:
     pgd_correct: dict[str, int] = field(default_factory=lambda: {"linf": 0, "l2": 0})
     changed: dict[str, dict[str, int]] = field(default_factory=dict)
     done: int = 0
+    # images still correctly classified after APGD-CE ("ce") and after APGD-CE then APGD-T ("ce_then_t")
+    apgd_correct: dict[str, dict[str, int]] = field(default_factory=lambda: no_apgd_counts())
+
+
+def no_apgd_counts() -> dict[str, dict[str, int]]:
+    return {norm: {"ce": 0, "ce_then_t": 0} for norm in ("linf", "l2")}
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -72,6 +78,7 @@ def save_state(
         "accuracy": json.dumps(measured.accuracy),
         "pgd_correct": json.dumps(measured.pgd_correct),
         "changed": json.dumps(measured.changed),
+        "apgd_correct": json.dumps(measured.apgd_correct),
         "done": str(measured.done),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,4 +121,6 @@ def load_state(path: Path, fingerprint: dict[str, Any], generator: torch.Generat
         pgd_correct=json.loads(metadata["pgd_correct"]),
         changed=json.loads(metadata["changed"]),
         done=int(metadata["done"]),
+        # a state saved before APGD existed measured none
+        apgd_correct=json.loads(metadata["apgd_correct"]) if "apgd_correct" in metadata else no_apgd_counts(),
     )

@@ -3,15 +3,20 @@
 ``lga-zoo evaluate NAME_OR_PATH --data-dir D`` measures
 
 * top-1 accuracy on the split (all images, or ``--n-accuracy``);
-* adversarial accuracy under PGD (L-inf and L2) on the robustness images (``pgd`` attack);
+* adversarial accuracy under PGD (L-inf and L2) on the robustness images (``pgd`` attack), and
+  under AutoAttack's gradient part (``apgd``: APGD-CE, then APGD-T on the images it leaves; torchattacks,
+  fp32; :mod:`lga_zoo.apgd`) at the same radii;
 * for each attribution method, the similarity of the map at x and at x' (top-k intersection,
   Kendall, Spearman, cosine, Pearson, SSIM, MSE) for x' from: ``random`` uniform noise in the
   L-inf ball (several draws), the ``targeted`` attribution attack (frame target) and the
   untargeted ``topk`` attack, the attacks run with ReLU swapped for Softplus(beta).
 
 Each similarity is reported as the mean over images and a 95% confidence interval (normal
-approximation), with the model's sha256, the data, every setting, the seed, the package versions
-and the command line.
+approximation), an APGD accuracy with a Wilson 95% interval, with the model's sha256, the data,
+every setting, the seed, the package versions and the command line.
+
+:func:`run_apgd_addition` (``lga-zoo evaluate NAME --add apgd``) measures APGD on the robustness
+images of an existing results JSON (same weights, data, seed and radii) and merges it in.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .apgd import apgd_record, apgd_robust, implementation, torchattacks_module
 from .attacks import (
     DIFFERENTIABLE_METHODS,
     pgd,
@@ -49,7 +55,10 @@ from .models import attack_activation, softplus_activations
 from .precision import use_bf16
 from .state import preserved
 
-ATTACKS = ("random", "targeted", "topk", "pgd")
+ATTACKS = ("random", "targeted", "topk", "pgd", "apgd")
+DEFAULT_ATTACKS = ("random", "targeted", "topk", "pgd")
+ACCURACY_ATTACKS = ("pgd", "apgd")  # robust accuracy; the others perturb the maps
+APGD_SETTINGS = ("apgd_steps", "apgd_targets")  # recorded only when apgd runs
 SLOW_METHODS = ("integrated_gradients", "smoothgrad", "boundary")
 
 
@@ -58,7 +67,7 @@ class EvalSettings:
     """Every setting of an evaluation; recorded in the results JSON."""
 
     methods: tuple[str, ...] = ("grad", "integrated_gradients")
-    attacks: tuple[str, ...] = ATTACKS
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS
     n_robustness: int = 1000
     n_accuracy: int | None = None
     eps: float = 4 / 255
@@ -73,6 +82,8 @@ class EvalSettings:
     pgd_linf_eps: float = 2 / 255
     pgd_l2_eps: float = 0.25
     pgd_steps: int = 20
+    apgd_steps: int = 50  # each of APGD-CE and APGD-T (AutoAttack's standard version: 100), at the PGD radii
+    apgd_targets: int = 3  # APGD-T's target classes, the most likely wrong ones (AutoAttack: 9 on CIFAR-10)
     similarities: tuple[str, ...] = SIMILARITIES
     batch_size: int = 100
     n_slow: int | None = None  # images for integrated_gradients, smoothgrad, boundary (default: all)
@@ -106,6 +117,10 @@ class EvalSettings:
             radius = getattr(self, name)
             if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 <= radius < math.inf:
                 raise ValueError(f"{name}={radius!r} must be a finite radius >= 0 (pixels in [0, 1])")
+        for name in APGD_SETTINGS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an integer >= 1")
         if self.attack_map not in ("same", "grad"):
             raise ValueError(f"attack_map={self.attack_map!r}; accepted: 'same', 'grad'")
         for method in self.methods:
@@ -120,6 +135,9 @@ class EvalSettings:
 
     def recorded(self) -> dict[str, Any]:
         record = asdict(self)
+        if "apgd" not in self.attacks:  # results and saved states of evaluations without APGD as before
+            for name in APGD_SETTINGS:
+                del record[name]
         record["methods"] = list(self.methods)
         record["attacks"] = list(self.attacks)
         record["similarities"] = list(self.similarities)
@@ -234,6 +252,7 @@ def evaluate(
     stop_after_seconds: float | None = None,
     fused_softplus: bool = True,
     fold_batchnorm: bool = True,
+    measure_clean: bool = True,
 ) -> dict[str, Any]:
     """Measure ``model`` (pixels in [0, 1] in, logits out) on ``data``; returns the ``accuracy``,
     ``robustness`` and ``data`` sections of the results JSON. ``on_batch``, if given, receives the
@@ -249,10 +268,14 @@ def evaluate(
     ``fold_batchnorm``: run with each eval-mode BatchNorm that follows a convolution folded into it
     (:mod:`lga_zoo.batchnorm_folding`: the same function up to float rounding, faster attacks: see
     ``benchmarks/evaluate.py --fold-batchnorm``); False runs the modules as they are.
+    ``measure_clean=False`` leaves out the clean accuracy (``accuracy`` then holds only the attacks'
+    figures): what :func:`run_apgd_addition` uses, the clean accuracy being measured already.
 
     ``model`` is left as it was: evaluated in eval mode with everything restored after, and on
     another ``device`` through a copy."""
     device = torch.device(device)
+    if "apgd" in settings.attacks:
+        torchattacks_module()  # before any work: a clear error where it is not installed
     state = Path(state_path) if state_path is not None else None
     if state is not None and state.is_file() and not resume:
         raise FileExistsError(
@@ -265,7 +288,7 @@ def evaluate(
     with preserved(model), fused_softplus_activations(model) if fused_softplus else nullcontext():
         return _evaluate(
             model, data, settings, device, progress, on_batch, state, stop_after_seconds,
-            fused_softplus, fold_batchnorm,
+            fused_softplus, fold_batchnorm, measure_clean,
         )  # fmt: skip
 
 
@@ -277,16 +300,20 @@ def _start(
     settings: EvalSettings,
     device: torch.device,
     progress: bool,
+    measure_clean: bool = True,
 ) -> Measured:
-    """A fresh evaluation: the clean accuracy measured, no robustness images done."""
-    n_acc = min(settings.n_accuracy or len(labels), len(labels))
-    acc_idx = order[:n_acc] if n_acc < len(labels) else torch.arange(len(labels))
-    accuracy: dict[str, Any] = {
-        "clean": clean_accuracy(model, images[acc_idx], labels[acc_idx], 500, device, progress),
-        "n_images": n_acc,
-    }
+    """A fresh evaluation: the clean accuracy measured (unless ``measure_clean`` is False), no
+    robustness images done."""
+    accuracy: dict[str, Any] = {}
+    if measure_clean:
+        n_acc = min(settings.n_accuracy or len(labels), len(labels))
+        acc_idx = order[:n_acc] if n_acc < len(labels) else torch.arange(len(labels))
+        accuracy = {
+            "clean": clean_accuracy(model, images[acc_idx], labels[acc_idx], 500, device, progress),
+            "n_images": n_acc,
+        }
     per_image: dict[str, dict[str, dict[str, list[Tensor]]]] = {
-        m: {a: {s: [] for s in settings.similarities} for a in settings.attacks if a != "pgd"}
+        m: {a: {s: [] for s in settings.similarities} for a in settings.attacks if a not in ACCURACY_ATTACKS}
         for m in settings.methods
     }
     changed = {m: {a: 0 for a in ("targeted", "topk")} for m in settings.methods}
@@ -304,6 +331,7 @@ def _evaluate(
     stop_after_seconds: float | None = None,
     fused_softplus: bool = True,
     fold_batchnorm: bool = True,
+    measure_clean: bool = True,
 ) -> dict[str, Any]:
     started = time.monotonic()
     images = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
@@ -314,7 +342,7 @@ def _evaluate(
     with folded_batchnorm(model, probe) if fold_batchnorm and len(probe) else nullcontext():
         return _measure(
             model, images, labels, data.name, settings, device, progress, on_batch,
-            state, fingerprint, started, stop_after_seconds, fused_softplus,
+            state, fingerprint, started, stop_after_seconds, fused_softplus, measure_clean,
         )  # fmt: skip
 
 
@@ -332,6 +360,7 @@ def _measure(
     started: float,
     stop_after_seconds: float | None,
     fused_softplus: bool,
+    measure_clean: bool = True,
 ) -> dict[str, Any]:
     """The clean accuracy (or the resumed state) and the robustness batches of :func:`_evaluate`."""
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(settings.seed))
@@ -341,7 +370,7 @@ def _measure(
         if progress:
             print(f"resumed from {state} after {measured.done} robustness images", file=sys.stderr)
     else:
-        measured = _start(model, images, labels, order, settings, device, progress)
+        measured = _start(model, images, labels, order, settings, device, progress, measure_clean)
     rob_idx = order[: min(settings.n_robustness, len(labels))]
     batches = range(measured.done, len(rob_idx), settings.batch_size)
     for start in tqdm(batches, desc="robustness", disable=not progress):
@@ -372,7 +401,7 @@ def _measure_batch(
     measured: Measured,
 ) -> None:
     """Add one batch of robustness images (``x``, labels ``y``; the first is image ``start``) to
-    ``measured``: the PGD counts, and each method's similarities and prediction changes."""
+    ``measured``: the PGD and APGD counts, and each method's similarities and prediction changes."""
     with torch.no_grad():
         predicted = model(x).argmax(1)
     if "pgd" in settings.attacks:
@@ -381,6 +410,14 @@ def _measure_batch(
                 x_adv = pgd(model, x, y, eps, norm=norm, steps=settings.pgd_steps)
             with torch.no_grad():
                 measured.pgd_correct[norm] += (model(x_adv).argmax(1) == y).sum().item()
+    if "apgd" in settings.attacks:
+        for norm, eps in (("linf", settings.pgd_linf_eps), ("l2", settings.pgd_l2_eps)):
+            # fp32 whatever attack_amp says (apgd_robust turns autocast off)
+            robust_ce, robust = apgd_robust(
+                model, x, y, norm, eps, settings.apgd_steps, settings.apgd_targets, settings.seed
+            )
+            measured.apgd_correct[norm]["ce"] += int(robust_ce.sum())
+            measured.apgd_correct[norm]["ce_then_t"] += int(robust.sum())
     counts = {m: min(len(x), max(0, settings.images_for(m) - start)) for m in settings.methods}
     perturbed_by_key = _shared_perturbations(model, x, predicted, counts, settings, generator, fused_softplus)
     for method in settings.methods:
@@ -390,7 +427,7 @@ def _measure_batch(
         x_m, predicted_m = x[:count], predicted[:count]
         clean_maps = _maps(model, x_m, predicted_m, method, settings)
         for attack in settings.attacks:
-            if attack == "pgd":
+            if attack in ACCURACY_ATTACKS:
                 continue
             perturbed = [
                 x_prime[:count] for x_prime in perturbed_by_key[_perturbation_key(method, attack, settings)]
@@ -436,7 +473,7 @@ def _shared_perturbations(
     needed: dict[tuple[str, str], int] = {}
     for method in (m for m in settings.methods if counts[m] > 0):  # made in the order first needed
         for attack in settings.attacks:
-            if attack != "pgd":
+            if attack not in ACCURACY_ATTACKS:
                 key = _perturbation_key(method, attack, settings)
                 needed[key] = max(needed.get(key, 0), counts[method])
     return {
@@ -464,6 +501,20 @@ def _summary(measured: Measured, settings: EvalSettings, data_name: str) -> dict
                 "accuracy": pgd_correct[norm] / n_rob,
                 "n_images": n_rob,
             }
+            for norm, eps in (("linf", settings.pgd_linf_eps), ("l2", settings.pgd_l2_eps))
+        }
+    if "apgd" in settings.attacks:
+        accuracy["apgd"] = {
+            norm: apgd_record(
+                eps,
+                measured.apgd_correct[norm]["ce_then_t"],
+                measured.apgd_correct[norm]["ce"],
+                n_rob,
+                settings.apgd_steps,
+                settings.apgd_targets,
+                settings.seed,
+                settings.batch_size,
+            )
             for norm, eps in (("linf", settings.pgd_linf_eps), ("l2", settings.pgd_l2_eps))
         }
     robustness = {
@@ -523,14 +574,13 @@ def run_evaluation(
     ``state_path``, ``resume``, ``stop_after_seconds``, ``fused_softplus`` and ``fold_batchnorm`` are
     :func:`evaluate`'s; a run that stopped early returns ``"complete": false``.
     """
-    from .datasets import eval_arrays
     from .hub import load
 
+    if "apgd" in settings.attacks:
+        torchattacks_module()  # before loading anything
     model = load(name_or_path)
-    recipe = (getattr(model, "config", None) or {}).get("lga_zoo", {}).get("recipe", {})
-    dataset = recipe.get("dataset") or (model.entry.dataset if model.entry is not None else "cifar10")
-    data = eval_arrays(model, data_dir, split, dataset)
-    split = split or ("test" if dataset == "cifar10" else data.name.rsplit("(", 1)[-1].rstrip(")"))
+    data = _model_data(model, data_dir, split)
+    split = split or ("test" if _dataset(model) == "cifar10" else data.name.rsplit("(", 1)[-1].rstrip(")"))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if settings.attack_amp == "bf16" and not use_bf16(device, "attack_amp bf16"):
         # recorded as run; the caller's settings are left as they were
@@ -582,3 +632,125 @@ def run_evaluation(
     )
     wanted = min(settings.n_robustness, len(data.labels))
     return results_json(measured, measured["data"]["n_robustness"] == wanted)
+
+
+def _dataset(model: nn.Module) -> str:
+    """The data set the model's recipe names: "cifar10", "imagenet100" or "folder"."""
+    recipe = (getattr(model, "config", None) or {}).get("lga_zoo", {}).get("recipe", {})
+    entry = getattr(model, "entry", None)
+    return recipe.get("dataset") or (entry.dataset if entry is not None else "cifar10")
+
+
+def _model_data(model: nn.Module, data_dir: str, split: str | None) -> ImageArrays:
+    from .datasets import eval_arrays
+
+    return eval_arrays(model, data_dir, split, _dataset(model))
+
+
+def merge_apgd(results: dict[str, Any], apgd: dict[str, Any], addition: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with ``accuracy.apgd`` set to ``apgd`` and ``additions.apgd`` to ``addition`` (how
+    the APGD figures were made: command, versions, device); every other section as it was."""
+    merged = copy.deepcopy(results)
+    merged["accuracy"]["apgd"] = apgd
+    merged.setdefault("additions", {})["apgd"] = addition
+    return merged
+
+
+def apgd_settings_of(results: dict[str, Any], steps: int, targets: int, batch_size: int) -> EvalSettings:
+    """The settings that measure APGD alone on the robustness images of ``results``: its seed, image
+    count and PGD radii, no attribution method."""
+    recorded = results.get("settings", {})
+    defaults = EvalSettings()
+    return EvalSettings(
+        methods=(),
+        attacks=("apgd",),
+        n_robustness=results["data"]["n_robustness"],
+        n_accuracy=recorded.get("n_accuracy"),
+        pgd_linf_eps=recorded.get("pgd_linf_eps", defaults.pgd_linf_eps),
+        pgd_l2_eps=recorded.get("pgd_l2_eps", defaults.pgd_l2_eps),
+        seed=results.get("seed", recorded.get("seed", 0)),
+        batch_size=batch_size,
+        apgd_steps=steps,
+        apgd_targets=targets,
+        similarities=(),
+    )
+
+
+def check_addable(results: dict[str, Any], what: str) -> None:
+    """Refuse a results JSON that APGD cannot be added to: a partial or malformed one."""
+    missing = [key for key in ("model", "data", "accuracy") if not isinstance(results.get(key), dict)]
+    if missing or "n_robustness" not in results["data"] or "sha256" not in results["model"]:
+        raise ValueError(f"{what} is not an lga-zoo evaluation's results (no {', '.join(missing) or 'data'})")
+    if results.get("complete") is not True:
+        raise ValueError(f"{what} holds a stopped evaluation; complete it (--resume) before adding APGD")
+
+
+def run_apgd_addition(
+    name_or_path: str,
+    data_dir: str,
+    results: dict[str, Any],
+    steps: int = 50,
+    targets: int = 3,
+    batch_size: int = 100,
+    device: str | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    state_path: str | Path | None = None,
+    resume: bool = False,
+    stop_after_seconds: float | None = None,
+    fused_softplus: bool = True,
+    fold_batchnorm: bool = True,
+    what: str = "the results",
+) -> tuple[dict[str, Any], int]:
+    """APGD (see :mod:`lga_zoo.apgd`) on the robustness images of ``results``, a complete evaluation of
+    ``name_or_path``: the same weights (sha256, else a ValueError), the same data set and split, the
+    same seeded images (its seed and ``data.n_robustness``) and the PGD radii. Returns (``results``
+    with the APGD figures merged in by :func:`merge_apgd`, the number of images done): fewer than
+    ``data.n_robustness`` when ``stop_after_seconds`` ended it early (then nothing is merged, and the
+    state at ``state_path`` continues it with ``resume=True``). ``what`` names the results in errors."""
+    from .hub import load
+
+    check_addable(results, what)
+    torchattacks_module()
+    settings = apgd_settings_of(results, steps, targets, batch_size)
+    model = load(name_or_path)
+    measured_sha = results["model"]["sha256"]
+    if model.sha256 != measured_sha:
+        raise ValueError(
+            f"{what} measured other weights (sha256 {str(measured_sha)[:12]}...) than {name_or_path} "
+            f"(sha256 {model.sha256[:12]}...); evaluate these weights in full instead of adding APGD"
+        )
+    split = results["data"].get("split")
+    data = _model_data(model, data_dir, split)
+    expected = {
+        "data set": results["data"].get("name"),
+        "images in the split": results["data"].get("n_accuracy"),
+    }
+    found = {"data set": data.name, "images in the split": len(data.labels)}
+    if settings.n_accuracy is not None:  # the accuracy was measured on a subset: no count of the split
+        del expected["images in the split"], found["images in the split"]
+    different = [
+        f"{key} {found[key]!r} (the results': {expected[key]!r})"
+        for key in expected
+        if found[key] != expected[key]
+    ]
+    if different:
+        raise ValueError(
+            f"{data_dir} is not the data {what} measured: {'; '.join(different)}; pass the same --data-dir"
+        )
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    measured = evaluate(
+        model, data, settings, device, progress, None, state_path, resume, stop_after_seconds,
+        fused_softplus, fold_batchnorm, measure_clean=False,
+    )  # fmt: skip
+    done = measured["data"]["n_robustness"]
+    if done < settings.n_robustness:
+        return results, done
+    addition = {
+        "command": command or " ".join(["lga-zoo", *sys.argv[1:]]),
+        "implementation": implementation(),
+        "versions": package_versions(),
+        "device": str(device),
+        "execution": {"fused_softplus": fused_softplus, "fold_batchnorm": fold_batchnorm},
+    }
+    return merge_apgd(results, measured["accuracy"]["apgd"], addition), done
