@@ -87,7 +87,9 @@ def test_a_standard_without_results_is_refused(family):
 
 
 REPO = Path(__file__).resolve().parents[1]
-MENTION = re.compile(r"`(resnet18_\w+)` \((\d+\.\d\d)%\): top-k (\d\.\d{3}) \[(\d\.\d{3}), (\d\.\d{3})\]")
+MENTION = re.compile(
+    r"`(resnet18_\w+)`\s+\((\d+\.\d\d)%\):\s+top-k\s+(\d\.\d{3})\s+\[(\d\.\d{3}),\s+(\d\.\d{3})\]"
+)
 
 
 def test_readme_frontier_figures_match_the_published_results():
@@ -97,6 +99,9 @@ def test_readme_frontier_figures_match_the_published_results():
     section = text[text.index("### The frontier") :]
     section = section[: section.index("\n## ")]
     mentions = MENTION.findall(section)
+    assert len(mentions) == section.count("top-k 0.") + section.count("top-k\n0."), (
+        "a quote the test cannot read"
+    )
     assert mentions, "the frontier paragraph quotes no model"
     for name, accuracy, topk, low, high in mentions:
         results = json.loads((REPO / "model_cards" / name / "results.json").read_text())
