@@ -150,18 +150,23 @@ def channel_mean(data: ImageArrays) -> Tensor:
     )
 
 
-def grad_maps(model: nn.Module, device: torch.device) -> MapFunction:
-    """``model``'s grad map of the given labels: |d logit_y / d x| summed over channels, (B, H, W)
-    on the CPU, with the model left as it was (eval mode inside)."""
+@contextlib.contextmanager
+def grad_maps(model: nn.Module, device: torch.device, probe: Tensor) -> Iterator[MapFunction]:
+    """For the block, ``model``'s grad map of given labels: |d logit_y / d x| summed over channels,
+    (B, H, W) on the CPU. As ``lga-zoo evaluate`` draws maps: in eval mode, Softplus fused and
+    BatchNorm folded into the convolutions (``probe``, a few input images, finds the pairs), the
+    same function up to float rounding; the model is given back as it was."""
     from .attribution import attribute, normalize_attribution
+    from .batchnorm_folding import folded_batchnorm
+    from .fused_softplus import fused_softplus_activations
     from .state import preserved
 
     def maps(x: Tensor, labels: Tensor) -> Tensor:
-        with preserved(model):
-            raw, _ = attribute(model, x.to(device), labels.to(device), "grad", {})
+        raw, _ = attribute(model, x.to(device), labels.to(device), "grad", {})
         return normalize_attribution(raw, "max").cpu()
 
-    return maps
+    with preserved(model), fused_softplus_activations(model), folded_batchnorm(model, probe.to(device)):
+        yield maps
 
 
 def _chunk_path(run_dir: Path, split: str, start: int) -> Path:
@@ -584,7 +589,9 @@ def measure_model(
     model, name = _cifar10_model(name_or_path, device)
     train, test = load_cifar10(data_dir, "train"), load_cifar10(data_dir, "test")
     identity = {"model": {"name": name, "sha256": model.sha256}, "map": "grad"}
-    accuracies = run_diffroar(grad_maps(model, device), train, test, run_dir, identity, settings, device)
+    probe = torch.from_numpy(test.images[:8]).permute(0, 3, 1, 2).float().div(255)
+    with grad_maps(model, device, probe) as map_fn:
+        accuracies = run_diffroar(map_fn, train, test, run_dir, identity, settings, device)
     precision = "bf16 autocast" if autocast_dtype(settings.retrainer, device) is not None else "fp32"
     section = {
         "method": METHOD,
