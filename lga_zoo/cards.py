@@ -245,7 +245,41 @@ def _evaluation_section(results: dict[str, Any] | None, entry: ZooEntry) -> str:
                 else:
                     cells.append("-")
             lines.append(f"| {method} | {attack} | " + " | ".join(cells) + " |")
+    lines += _faithfulness_rows(results)
     return "\n".join(lines) + "\n"
+
+
+def _faithfulness_rows(results: dict[str, Any]) -> list[str]:
+    """The card's Faithfulness block (DiffROAR per fraction of pixels kept, and the spread over the
+    retrainer's seeds), or nothing when ``results`` hold no ``faithfulness.diffroar`` section."""
+    diffroar = results.get("faithfulness", {}).get("diffroar")
+    if not diffroar:
+        return []
+    recipe = diffroar["retrainer"]
+    lines = [
+        "",
+        f"Faithfulness: {diffroar['method']} of the {diffroar['map']} map ({diffroar.get('map_target', '?')}). A fresh "
+        f"`{recipe['architecture']}` is trained for {recipe['epochs']} epochs on the {diffroar['n_train']:,} train images",
+        "keeping only the top-k% (or only the bottom-k%) pixels of each image's map, the others set to the train mean, and",
+        f"tested on the {diffroar['n_test']:,} test images masked the same way. DiffROAR = top-k accuracy - bottom-k accuracy",
+        "(points): the larger, the more the map puts first the pixels the task needs.",
+        "",
+        f"Command: `{diffroar.get('command', '?')}`",
+        "",
+        "| pixels kept (k) | top-k accuracy | bottom-k accuracy | DiffROAR |",
+        "|---|---:|---:|---:|",
+    ]
+    for k, row in diffroar["k"].items():
+        lines.append(f"| {k}% | {row['top']:.2%} | {row['bottom']:.2%} | {100 * row['diffroar']:+.2f} |")
+    for key, values in diffroar.items():
+        if key.startswith("seeds_at_") and len(values) > 1:
+            each = ", ".join(f"{100 * v:+.2f}" for v in values)
+            spread = 100 * (max(values) - min(values))
+            lines += [
+                "",
+                f"At k = {key[len('seeds_at_') :]}%, {len(values)} retrainer seeds: DiffROAR {each} (spread {spread:.2f} points).",
+            ]
+    return lines
 
 
 COMPARISON_COLUMNS = (

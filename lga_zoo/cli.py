@@ -579,6 +579,37 @@ def _folder_card(folder: Path, results: dict) -> None:
     atomic_write_text(folder / CARD_NAME, render_card(entry_from_config(config), results, config))
 
 
+def _diffroar(args: argparse.Namespace) -> int:
+    import logging
+
+    from .diffroar import check_same_weights, measure_model, merge_into_results
+    from .hub import RESULTS_NAME, model_card_dir
+    from .registry import get_entry, list_models
+
+    is_zoo_name = args.model in list_models(pretrained=False)
+    if args.publish and not is_zoo_name:
+        raise ValueError(f"--publish writes a zoo model's card; {args.model!r} is not a zoo name")
+    if args.publish:  # refuse before the hour of work, not after it
+        check_same_weights(model_card_dir(args.model) / RESULTS_NAME, get_entry(args.model).sha256)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    run_dir = Path(args.out) if args.out else Path("runs") / "diffroar" / Path(args.model).name
+    flags = [f"--device {args.device}"] * bool(args.device) + ["--publish"] * args.publish
+    command = " ".join(
+        ["lga-zoo diffroar", args.model if is_zoo_name else "MODEL_DIR", "--data-dir DIR", *flags]
+    )
+    section = measure_model(args.model, args.data_dir, run_dir, device=args.device, command=command)
+    for k, row in section["k"].items():
+        print(f"k={k}%: top {row['top']:.2%}, bottom {row['bottom']:.2%}, DiffROAR {row['diffroar']:+.2%}")
+    print(f"results in {run_dir / 'diffroar.json'}")
+    if not args.publish:
+        print(
+            "published files unchanged (add --publish to merge into model_cards/NAME/results.json and the card)"
+        )
+        return 0
+    merge_into_results(model_card_dir(args.model) / RESULTS_NAME, section)
+    return _card(argparse.Namespace(name=args.model, results=None))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_from_args
 
@@ -775,6 +806,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_evaluate, record_argv=True)
+
+    p = sub.add_parser(
+        "diffroar", help="DiffROAR faithfulness of a model's grad maps (retrains on masked CIFAR-10)"
+    )
+    p.add_argument("model", help="zoo name or model folder (a CIFAR-10 model)")
+    p.add_argument("--data-dir", required=True, help="CIFAR-10 (any layout lga-zoo train accepts)")
+    p.add_argument("--out", help="run folder, resumable (default runs/diffroar/NAME)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="merge faithfulness.diffroar into model_cards/NAME/results.json (same weights only) and redraw the card",
+    )
+    p.set_defaults(func=_diffroar)
 
     p = sub.add_parser("demo", help="start the Gradio demo app (needs the demo extra)")
     from .demo import add_arguments as demo_arguments
