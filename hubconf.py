@@ -36,7 +36,7 @@ def resnet18_cifar10_adversarial_eps1(pretrained: bool = True, **kwargs):
 
 
 def resnet18_cifar10_adversarial_eps2(pretrained: bool = True, **kwargs):
-    """resnet18_cifar (Softplus beta 3) on CIFAR-10 trained with the `adversarial` regularizer (eps=2/255, steps=3, step_size=0.006536, random_start=True): fine-tuned from lga-zoo/resnet18_cifar10_standard, weights not published yet.
+    """resnet18_cifar (Softplus beta 3) on CIFAR-10 trained with the `adversarial` regularizer (eps=2/255, steps=3, step_size=0.006536, random_start=True): 1 epoch fine-tuned from lga-zoo/resnet18_cifar10_standard, weights stored in float16.
 
     Recipe: recipes/resnet18_cifar10_adversarial_eps2.yaml. Returns an lga_zoo.ExplainableClassifier (pixels in [0, 1]) with .explain().
     """
