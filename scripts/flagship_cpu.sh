@@ -63,6 +63,12 @@ evaluate() {  # evaluate NAME N N_SLOW: N robustness images (IG on N_SLOW), publ
     --state "$RUNS/$1/eval_state_$2.safetensors" --resume || return 1
   mkdir -p "$RUNS/$1" && cp "model_cards/$1/results.json" "$RUNS/$1/results_$2.json"
 }
+add_apgd() {  # add_apgd NAME: AutoAttack's APGD-CE + APGD-T (fp32) on the robustness images of its published results
+  python scripts/flagship_state.py has-apgd "$1" && return 0
+  lga-zoo evaluate "$1" --data-dir "$DATA" --add apgd --batch-size 50 --publish --no-progress \
+    --state "$RUNS/$1/apgd_state.safetensors" --resume || return 1
+  mkdir -p "$RUNS/$1" && cp "model_cards/$1/results.json" "$RUNS/$1/results_apgd.json"
+}
 # The headline first: the LGA model and its control (about 43 and 11 min on a 2-core CPU with native
 # bf16), the LGA evaluation (about 1 h), then the rest. Each step publishes, so commit as they land.
 step train_lga train resnet18_cifar10_lga
@@ -79,6 +85,7 @@ for name in lga_l2_0p05 adversarial_eps2 hessian_lam5em6 adversarial_eps1 gradno
   lga_l2_0p4 gradnorm_lam0p02; do
   step "train_$name" train "resnet18_cifar10_$name" float16
   step "eval_${name}_500" evaluate "resnet18_cifar10_$name" 500 200
+  step "apgd_$name" add_apgd "resnet18_cifar10_$name"
   [ -s "$bench" ] || step bench_train_step sh -c "python benchmarks/train_step.py --arch resnet18_cifar \
     --regularizers none,lga,hessian,gradnorm,adversarial,trades --steps 3 > '$bench.tmp' && mv '$bench.tmp' '$bench'"
 done
