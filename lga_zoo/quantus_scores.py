@@ -21,6 +21,10 @@ Parameters (recorded in the results, :class:`QuantusSettings`):
   per image, the fraction of the percentages at which the prediction is kept (the area under its
   MoRF curve: lower is more faithful), and the curve (fraction of images kept per percentage).
 
+Relative Input Stability divides by each pixel's value (and each map value): an image with pixels at 0
+gets a denominator of eps / 1e-6 (Quantus' ``eps_min`` guard) and a figure near 0, so its per-image
+values are far apart; it is reported as Quantus computes it.
+
 Each score is reported as its mean over the images with a 95% Student-t interval
 (mean +- t(0.975, n-1) s / sqrt(n)). Quantus draws its noise from numpy's global generator: each
 batch and score runs seeded by (seed, first image, score), the caller's numpy state restored after,
@@ -236,6 +240,7 @@ def road_kept(
             a_batch=layout[i : i + 1],
             device=str(x_device(model)),
             batch_size=1,
+            softmax=False,  # the argmax of the logits: no Softmax layer added (Quantus warns each time)
         )
         rows.append([bool(curve[p]) for p in settings.road_percentages])
     return np.array(rows, dtype=bool).reshape(len(x), len(settings.road_percentages))
