@@ -320,6 +320,20 @@ def _start(
     return Measured(accuracy, per_image, {"linf": 0, "l2": 0}, changed)
 
 
+def robustness_order(n: int, seed: int) -> Tensor:
+    """The order the evaluation draws the ``n`` images of a split in: its robustness images are the
+    first ``n_robustness`` (and the clean accuracy's, with ``n_accuracy``, the first ``n_accuracy``).
+
+    Args:
+        n: the number of images in the split.
+        seed: the evaluation's seed.
+
+    Returns:
+        A permutation of range(n).
+    """
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
 def _evaluate(
     model: nn.Module,
     data: ImageArrays,
@@ -363,7 +377,7 @@ def _measure(
     measure_clean: bool = True,
 ) -> dict[str, Any]:
     """The clean accuracy (or the resumed state) and the robustness batches of :func:`_evaluate`."""
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(settings.seed))
+    order = robustness_order(len(labels), settings.seed)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     if state is not None and state.is_file():
         measured = load_state(state, fingerprint, generator)
@@ -676,13 +690,60 @@ def apgd_settings_of(results: dict[str, Any], steps: int, targets: int, batch_si
     )
 
 
-def check_addable(results: dict[str, Any], what: str) -> None:
-    """Refuse a results JSON that APGD cannot be added to: a partial or malformed one."""
+def check_addable(results: dict[str, Any], what: str, adding: str = "APGD") -> None:
+    """Refuse a results JSON that ``adding`` (APGD, the Quantus scores) cannot be added to: a partial or
+    malformed one."""
     missing = [key for key in ("model", "data", "accuracy") if not isinstance(results.get(key), dict)]
     if missing or "n_robustness" not in results["data"] or "sha256" not in results["model"]:
         raise ValueError(f"{what} is not an lga-zoo evaluation's results (no {', '.join(missing) or 'data'})")
     if results.get("complete") is not True:
-        raise ValueError(f"{what} holds a stopped evaluation; complete it (--resume) before adding APGD")
+        raise ValueError(f"{what} holds a stopped evaluation; complete it (--resume) before adding {adding}")
+
+
+def addition_model_and_data(
+    name_or_path: str, data_dir: str, results: dict[str, Any], what: str, adding: str
+) -> tuple[nn.Module, ImageArrays]:
+    """The model and the data of an addition to ``results`` (``adding``: "APGD", "the Quantus scores"):
+    the same weights (sha256) and the same data set and split as ``results`` measured, else a ValueError.
+
+    Args:
+        name_or_path: a zoo name or a model folder.
+        data_dir: the data, as ``lga-zoo evaluate --data-dir`` takes it.
+        results: a complete evaluation's results JSON.
+        what: names the results in errors.
+        adding: names the addition in errors.
+
+    Returns:
+        (the loaded model, the split's images).
+    """
+    from .hub import load
+
+    model = load(name_or_path)
+    measured_sha = results["model"]["sha256"]
+    if model.sha256 != measured_sha:
+        raise ValueError(
+            f"{what} measured other weights (sha256 {str(measured_sha)[:12]}...) than {name_or_path} "
+            f"(sha256 {model.sha256[:12]}...); evaluate these weights in full instead of adding {adding}"
+        )
+    data = _model_data(model, data_dir, results["data"].get("split"))
+    expected = {
+        "data set": results["data"].get("name"),
+        "images in the split": results["data"].get("n_accuracy"),
+    }
+    found = {"data set": data.name, "images in the split": len(data.labels)}
+    if results.get("settings", {}).get("n_accuracy") is not None:
+        # the accuracy was measured on a subset: no count of the split
+        del expected["images in the split"], found["images in the split"]
+    different = [
+        f"{key} {found[key]!r} (the results': {expected[key]!r})"
+        for key in expected
+        if found[key] != expected[key]
+    ]
+    if different:
+        raise ValueError(
+            f"{data_dir} is not the data {what} measured: {'; '.join(different)}; pass the same --data-dir"
+        )
+    return model, data
 
 
 def run_apgd_addition(
@@ -708,36 +769,10 @@ def run_apgd_addition(
     with the APGD figures merged in by :func:`merge_apgd`, the number of images done): fewer than
     ``data.n_robustness`` when ``stop_after_seconds`` ended it early (then nothing is merged, and the
     state at ``state_path`` continues it with ``resume=True``). ``what`` names the results in errors."""
-    from .hub import load
-
     check_addable(results, what)
     torchattacks_module()
     settings = apgd_settings_of(results, steps, targets, batch_size)
-    model = load(name_or_path)
-    measured_sha = results["model"]["sha256"]
-    if model.sha256 != measured_sha:
-        raise ValueError(
-            f"{what} measured other weights (sha256 {str(measured_sha)[:12]}...) than {name_or_path} "
-            f"(sha256 {model.sha256[:12]}...); evaluate these weights in full instead of adding APGD"
-        )
-    split = results["data"].get("split")
-    data = _model_data(model, data_dir, split)
-    expected = {
-        "data set": results["data"].get("name"),
-        "images in the split": results["data"].get("n_accuracy"),
-    }
-    found = {"data set": data.name, "images in the split": len(data.labels)}
-    if settings.n_accuracy is not None:  # the accuracy was measured on a subset: no count of the split
-        del expected["images in the split"], found["images in the split"]
-    different = [
-        f"{key} {found[key]!r} (the results': {expected[key]!r})"
-        for key in expected
-        if found[key] != expected[key]
-    ]
-    if different:
-        raise ValueError(
-            f"{data_dir} is not the data {what} measured: {'; '.join(different)}; pass the same --data-dir"
-        )
+    model, data = addition_model_and_data(name_or_path, data_dir, results, what, "APGD")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     measured = evaluate(
         model, data, settings, device, progress, None, state_path, resume, stop_after_seconds,
