@@ -342,7 +342,10 @@ def _make_parent(path: Path) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    """``lga-zoo evaluate``; under ``torchrun`` every process measures its share and rank 0 alone
+    writes the results, the state and the cards and prints the figures."""
     from .cards import mean_and_interval
+    from .distributed import rank_world
     from .evaluate import EvalSettings, run_evaluation
     from .folder import atomic_write_text
 
@@ -382,6 +385,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         resume=args.resume,
         stop_after_seconds=args.max_minutes * 60 if args.max_minutes else None,
     )
+    if rank_world()[0] != 0:
+        return 0 if results["complete"] else 3
     if not results["complete"]:  # on_partial has written the figures so far after the last batch
         print(
             f"stopped after {results['data']['n_robustness']} of {settings.n_robustness} robustness images "
@@ -459,7 +464,8 @@ def _refresh_cards(args: argparse.Namespace, results: dict, out: Path, own_folde
 def _add_to_results(args: argparse.Namespace) -> int:
     """``lga-zoo evaluate NAME --add apgd|quantus``: APGD (or the Quantus scores) on the robustness
     images of the results JSON the same command without ``--add`` writes (``--publish``: the published
-    one), merged into it."""
+    one), merged into it. Under ``torchrun`` rank 0 alone writes."""
+    from .distributed import rank_world
     from .evaluate import run_apgd_addition
     from .folder import atomic_write_text
 
@@ -486,6 +492,8 @@ def _add_to_results(args: argparse.Namespace) -> int:
             )
     state = Path(args.state) if args.state else _default_state_path(args.model, out, args.publish, args.add)
     if args.add == "quantus":
+        if rank_world()[1] > 1:
+            raise ValueError("--add quantus runs in one process; start it without torchrun")
         return _add_quantus(args, results, out, own_folder, command, state)
     merged, done = run_apgd_addition(
         args.model,
@@ -503,6 +511,8 @@ def _add_to_results(args: argparse.Namespace) -> int:
         what=str(out),
     )
     wanted = results["data"]["n_robustness"]
+    if rank_world()[0] != 0:
+        return 0 if done == wanted else 3
     if done < wanted:
         print(
             f"stopped after {done} of {wanted} images (--max-minutes); {out} unchanged; continue with the same "
@@ -943,6 +953,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError, KeyError, TypeError) as err:
         print(f"lga-zoo {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if "torch.distributed" in sys.modules:  # a command run under torchrun started a process group
+            from .distributed import leave_process_group
+
+            leave_process_group()
 
 
 if __name__ == "__main__":
