@@ -143,6 +143,7 @@ def _clean_accuracy(rank: int, world_size: int) -> float:
 def _in_group(rank: int, world_size: int, folder: Path) -> None:
     """One of ``world_size`` processes: a full evaluation, the clean accuracy in batches, and an
     evaluation with a state stopped after its first round; writes what it got to rank<N>.json."""
+    torch.set_num_threads(1)  # as the parent during the reference run: the same rounding
     dist.init_process_group(
         "gloo", init_method=f"file://{folder / 'rendezvous'}", rank=rank, world_size=world_size
     )
@@ -161,7 +162,7 @@ def _in_group(rank: int, world_size: int, folder: Path) -> None:
 
 @contextmanager
 def _one_thread() -> Iterator[None]:
-    """One torch thread in this process and in the processes it forks (the same rounding in all)."""
+    """One torch thread in this process (its workers set their own: the same rounding in all)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -171,13 +172,13 @@ def _one_thread() -> Iterator[None]:
 
 
 def test_every_process_of_a_group_gets_the_figures_of_one_process(tmp_path):
-    """evaluate() in a gloo group of 2 (forked: no second import) returns, on every process, exactly
+    """evaluate() in a gloo group of 2 (spawned: autograd's threads do not survive a fork) returns, on every process, exactly
     the figures of one process; rank 0 alone writes the state, which one process resumes to them."""
     model, data, settings = _library_case()
     with _one_thread():
         reference = evaluate(model, data, settings, progress=False, fused_softplus=False)
         clean = _clean_accuracy(0, 1)
-        mp.start_processes(_in_group, args=(2, tmp_path), nprocs=2, start_method="fork")
+        mp.start_processes(_in_group, args=(2, tmp_path), nprocs=2, start_method="spawn")
         resumed = evaluate(model, data, settings, progress=False, fused_softplus=False,
                            state_path=tmp_path / "state.safetensors", resume=True)  # fmt: skip
     for rank in (0, 1):
