@@ -256,7 +256,7 @@ def test_download_offline_does_not_send_the_user_to_the_same_command(tmp_path, m
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code = cli.main(["download", "hf-hub:alice/missing", "--cache-dir", str(tmp_path)])
     err = one_line_error(capsys)
-    assert code == 2 and "lga-zoo download" not in err and "Unset HF_HUB_OFFLINE" in err
+    assert code == 2 and "`lga-zoo download" not in err and "Unset HF_HUB_OFFLINE" in err
 
 
 def test_the_demo_stops_within_10_seconds_on_sigterm(tmp_path):
