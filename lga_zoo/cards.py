@@ -50,6 +50,9 @@ def summary_metrics(results: dict[str, Any] | None) -> dict[str, float]:
             for metric in CARD_METRICS:
                 if metrics.get(metric, {}).get("mean") is not None:
                     flat[f"{method}/{attack}/{metric}"] = round(metrics[metric]["mean"], 4)
+    for score, stat in results.get("quantus", {}).get("scores", {}).items():
+        if stat.get("mean") is not None:  # 4 significant digits: Relative Input Stability runs to 1e5
+            flat[f"quantus/{score}"] = float(f"{stat['mean']:.4g}")
     return flat
 
 
@@ -246,7 +249,58 @@ def _evaluation_section(results: dict[str, Any] | None, entry: ZooEntry) -> str:
                     cells.append("-")
             lines.append(f"| {method} | {attack} | " + " | ".join(cells) + " |")
     lines += _faithfulness_rows(results)
+    lines += _quantus_rows(results)
     return "\n".join(lines) + "\n"
+
+
+QUANTUS_NAMES = {
+    "max_sensitivity": "Max-Sensitivity",
+    "local_lipschitz_estimate": "Local Lipschitz Estimate",
+    "relative_input_stability": "Relative Input Stability",
+    "road": "ROAD: fraction of the removal steps with the prediction kept",
+}
+
+
+def quantus_value(stat: dict[str, Any]) -> str:
+    """A Quantus score as "0.3214 [0.3101, 0.3327]" (4 significant digits), "-" without a mean."""
+    if stat.get("mean") is None:
+        return "-"
+    if not stat.get("ci95"):
+        return f"{stat['mean']:.4g} ({stat.get('n', '?')} images, no interval)"
+    low, high = stat["ci95"]
+    return f"{stat['mean']:.4g} [{low:.4g}, {high:.4g}]"
+
+
+def _quantus_rows(results: dict[str, Any]) -> list[str]:
+    """The card's Quantus block (each score's mean and 95% interval, the parameters, the ROAD curve), or
+    nothing when ``results`` hold no ``quantus`` section."""
+    section = results.get("quantus")
+    if not section or not section.get("scores"):
+        return []
+    settings = section.get("settings", {})
+    eps = settings.get("eps")
+    eps_text = f"{eps:.4g} ({eps * 255:.3g}/255)" if isinstance(eps, (int, float)) else "?"
+    method = settings.get("ci95_method", "t")
+    lines = [
+        "",
+        f"Quantus scores of the grad map ({section.get('implementation', 'quantus')}; lower is better for each), on the "
+        f"first {section.get('n_images', '?')} robustness images, mean and 95% {'Student-t' if method == 't' else method} interval.",
+        f"Robustness: uniform noise in the L-inf ball of radius {eps_text} (pixels in [0, 1]), "
+        f"{settings.get('nr_samples', '?')} draws per image, the maximum over them. ROAD (Rong et al. 2022, Quantus' "
+        f"noisy linear imputation, noise {settings.get('road_noise', '?')}): the most relevant "
+        f"{', '.join(str(p) for p in settings.get('road_percentages', []))}% of the pixels imputed.",
+    ]
+    command = results.get("additions", {}).get("quantus", {}).get("command")
+    if command:
+        lines.append(f"Added to this evaluation on the same images by `{command}`.")
+    lines += ["", "| Quantus score | value |", "|---|---|"]
+    for name, stat in section["scores"].items():
+        lines.append(f"| {QUANTUS_NAMES.get(name, name)} | {quantus_value(stat)} |")
+    curve = section["scores"].get("road", {}).get("curve")
+    if curve:
+        points = ", ".join(f"{p}%: {value:.1%}" for p, value in curve.items())
+        lines += ["", f"ROAD curve, images whose prediction is kept after imputing the top pixels: {points}."]
+    return lines
 
 
 def _faithfulness_rows(results: dict[str, Any]) -> list[str]:

@@ -329,6 +329,8 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    """``lga-zoo evaluate``; under ``torchrun`` every process measures its share and rank 0 alone
+    holds the outputs, writes the results, the state and the cards and prints the figures."""
     from .evaluate import EvalSettings
 
     if args.add:
@@ -356,12 +358,21 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _evaluate_into(args, settings, command, own_folder, out, state)
 
 
+def _rank_world() -> tuple[int, int]:
+    from .distributed import rank_world
+
+    return rank_world()
+
+
 def _holding_outputs(*paths: Path) -> contextlib.ExitStack:
     """Hold the lock of each output file (``.NAME.lock`` beside it) for the block: the places are
-    checked writable before the work, and a second run writing the same file is refused."""
+    checked writable before the work, and a second run writing the same file is refused. Under
+    ``torchrun`` rank 0 alone holds them (the others write nothing)."""
     from .locks import holding
 
     stack = contextlib.ExitStack()
+    if _rank_world()[0] != 0:
+        return stack
     with stack:
         for path in dict.fromkeys(paths):
             stack.enter_context(holding(path.with_name(f".{path.name}.lock"), str(path)))
@@ -390,6 +401,8 @@ def _evaluate_into(
         resume=args.resume,
         stop_after_seconds=args.max_minutes * 60 if args.max_minutes else None,
     )
+    if _rank_world()[0] != 0:
+        return 0 if results["complete"] else 3
     if not results["complete"]:  # on_partial has written the figures so far after the last batch
         print(
             f"stopped after {results['data']['n_robustness']} of {settings.n_robustness} robustness images "
@@ -413,6 +426,7 @@ def _evaluate_into(
 
 
 DEFAULT_N_IMAGES = 1000
+QUANTUS_SAMPLES = 50  # lga_zoo.quantus_scores.QuantusSettings.nr_samples (not imported: quantus is optional)
 
 
 def _evaluation_paths(args: argparse.Namespace) -> tuple[str | None, Path | None, Path]:
@@ -464,8 +478,9 @@ def _refresh_cards(args: argparse.Namespace, results: dict, out: Path, own_folde
 
 
 def _add_to_results(args: argparse.Namespace) -> int:
-    """``lga-zoo evaluate NAME --add apgd``: APGD on the robustness images of the results JSON the
-    same command without ``--add`` writes (``--publish``: the published one), merged into it."""
+    """``lga-zoo evaluate NAME --add apgd|quantus``: APGD (or the Quantus scores) on the robustness
+    images of the results JSON the same command without ``--add`` writes (``--publish``: the published
+    one), merged into it. Under ``torchrun`` rank 0 alone holds the outputs and writes."""
     command, own_folder, out = _evaluation_paths(args)
     if not out.is_file():
         raise ValueError(
@@ -484,11 +499,15 @@ def _add_to_results(args: argparse.Namespace) -> int:
     for flag, (given, recorded) in measured.items():
         if given is not None and given != recorded:
             raise ValueError(
-                f"{flag} {given} with --add: APGD runs on the images {out} measured ({flag} {recorded}); "
+                f"{flag} {given} with --add: {args.add} runs on the images {out} measured ({flag} {recorded}); "
                 f"leave out {flag}"
             )
-    state = Path(args.state) if args.state else _default_state_path(args.model, out, args.publish, "apgd")
+    state = Path(args.state) if args.state else _default_state_path(args.model, out, args.publish, args.add)
+    if args.add == "quantus" and _rank_world()[1] > 1:
+        raise ValueError("--add quantus runs in one process; start it without torchrun")
     with _holding_outputs(out, state):
+        if args.add == "quantus":
+            return _add_quantus(args, results, out, own_folder, command, state)
         return _add_apgd_into(args, results, command, own_folder, out, state)
 
 
@@ -515,6 +534,8 @@ def _add_apgd_into(
         what=str(out),
     )
     wanted = results["data"]["n_robustness"]
+    if _rank_world()[0] != 0:
+        return 0 if done == wanted else 3
     if done < wanted:
         print(
             f"stopped after {done} of {wanted} images (--max-minutes); {out} unchanged; continue with the same "
@@ -530,6 +551,62 @@ def _add_apgd_into(
     _print_apgd(merged)
     _refresh_cards(args, merged, out, own_folder)
     return 0
+
+
+def _add_quantus(
+    args: argparse.Namespace,
+    results: dict,
+    out: Path,
+    own_folder: Path | None,
+    command: str | None,
+    state: Path,
+) -> int:
+    """``--add quantus``: the Quantus scores on the first --quantus-images robustness images of ``results``."""
+    import logging
+
+    from .folder import atomic_write_text
+    from .quantus_scores import QuantusSettings, run_quantus_addition
+
+    if not args.no_progress:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    settings = QuantusSettings(
+        n_images=args.quantus_images, nr_samples=args.quantus_samples, batch_size=args.batch_size
+    )
+    merged, done, wanted = run_quantus_addition(
+        args.model,
+        args.data_dir,
+        results,
+        settings,
+        device=args.device,
+        progress=not args.no_progress,
+        command=command,
+        state_path=state,
+        resume=args.resume,
+        stop_after_seconds=args.max_minutes * 60 if args.max_minutes else None,
+        what=str(out),
+    )
+    if done < wanted:
+        print(
+            f"stopped after {done} of {wanted} images (--max-minutes); {out} unchanged; continue with the same "
+            "command and --resume",
+            file=sys.stderr,
+        )
+        return 3
+    if "quantus" in results:
+        print(f"replacing the Quantus scores {out} held")
+    atomic_write_text(out, json.dumps(merged, indent=2) + "\n")
+    state.unlink(missing_ok=True)
+    print(f"Quantus scores added to {out}")
+    _print_quantus(merged)
+    _refresh_cards(args, merged, out, own_folder)
+    return 0
+
+
+def _print_quantus(results: dict) -> None:
+    from .cards import QUANTUS_NAMES, quantus_value
+
+    for name, stat in results.get("quantus", {}).get("scores", {}).items():
+        print(f"  {QUANTUS_NAMES.get(name, name)}: {quantus_value(stat)} on {stat['n']} images")
 
 
 def _default_state_path(model: str, out: Path, publish: bool, addition: str | None = None) -> Path:
@@ -636,7 +713,8 @@ def _leaderboard(args: argparse.Namespace) -> int:
     from .leaderboard import leaderboard_markdown
 
     if args.plot is None:
-        print(leaderboard_markdown(), end="")
+        columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+        print(leaderboard_markdown(columns), end="")
         return 0
     from .frontier import frontier_points, plot_frontier
     from .hub import checkout_root
@@ -795,9 +873,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--add",
-        choices=["apgd"],
+        choices=["apgd", "quantus"],
         help="measure only this on the robustness images of the existing results (the --out, --publish or "
-        "default results JSON; same weights, data, seed), and merge it in: no other figure is measured again",
+        "default results JSON; same weights, data, seed), and merge it in: no other figure is measured again "
+        "(quantus: Max-Sensitivity, Local Lipschitz Estimate, Relative Input Stability and ROAD of the grad "
+        'maps by Quantus 0.6.0, on the first --quantus-images; needs pip install -e ".[eval]")',
+    )
+    p.add_argument(
+        "--quantus-images",
+        type=positive_int,
+        default=200,
+        help="with --add quantus: the first this many robustness images (default 200)",
+    )
+    p.add_argument(
+        "--quantus-samples",
+        type=positive_int,
+        default=QUANTUS_SAMPLES,
+        help=f"with --add quantus: noise draws per image of each robustness score (default {QUANTUS_SAMPLES})",
     )
     p.add_argument("--seed", type=int, help="default 0; with --add: the results'")
     p.add_argument("--batch-size", type=positive_int, default=100)
@@ -859,6 +951,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-cards",
         help="with --plot: the folder of model folders (default: the checkout's model_cards/)",
     )
+    p.add_argument(
+        "--columns",
+        help="comma-separated metric columns instead of the default ones: 'default' (the README's), "
+        "accuracy, robust_linf, pgd_linf, apgd_linf, quantus/max_sensitivity, quantus/local_lipschitz_estimate, "
+        "quantus/relative_input_stability, quantus/road, or any METHOD/ATTACK/METRIC key of zoo.json's metrics",
+    )
     p.set_defaults(func=_leaderboard)
 
     p = sub.add_parser("train", help="train a recipe (torchrun -m lga_zoo.train for several GPUs)")
@@ -874,6 +972,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError, KeyError, TypeError) as err:
         print(f"lga-zoo {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if "torch.distributed" in sys.modules:  # a command run under torchrun started a process group
+            from .distributed import leave_process_group
+
+            leave_process_group()
 
 
 if __name__ == "__main__":

@@ -17,11 +17,23 @@ every setting, the seed, the package versions and the command line.
 
 :func:`run_apgd_addition` (``lga-zoo evaluate NAME --add apgd``) measures APGD on the robustness
 images of an existing results JSON (same weights, data, seed and radii) and merges it in.
+
+Under ``torchrun --nproc_per_node N`` (:mod:`lga_zoo.distributed`) both shard the work across the N
+processes: the seeded robustness images in rounds of one whole batch per process (batch k on rank
+k mod N) and the clean-accuracy batches likewise; after each round every process gathers every
+batch's per-image measurements, in batch order, and rank 0 alone saves the state and writes. Each
+batch holds the same images as in one process and starts from the same state of the evaluation's
+random generator (each process draws, without measuring, what the batches of the others draw), and
+APGD seeds itself per batch; so every per-image value is computed by the same operations on the same
+inputs as in one process, and the figures are exactly those of one process on the same kind of
+device with the same number of threads per process. A stopped run resumes with any number of
+processes (the state does not depend on it).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import platform
 import sys
@@ -48,6 +60,14 @@ from .attacks import (
 from .attribution import ALIASES, attribute, normalize_attribution, resolve_method
 from .batchnorm_folding import folded_batchnorm
 from .data import ImageArrays
+from .distributed import (
+    all_gathered,
+    from_rank0,
+    group_rank_world,
+    join_process_group,
+    process_device,
+    rank_world,
+)
 from .eval_state import Measured, evaluation_fingerprint, load_state, save_state
 from .fused_softplus import fused_softplus_activations
 from .metrics import SIMILARITIES, similarities
@@ -60,6 +80,10 @@ DEFAULT_ATTACKS = ("random", "targeted", "topk", "pgd")
 ACCURACY_ATTACKS = ("pgd", "apgd")  # robust accuracy; the others perturb the maps
 APGD_SETTINGS = ("apgd_steps", "apgd_targets")  # recorded only when apgd runs
 SLOW_METHODS = ("integrated_gradients", "smoothgrad", "boundary")
+# how many random tensors of the batch's shape each attack draws from the evaluation's generator
+RANDOM_TENSORS = {"random": "random_draws", "targeted": 1, "topk": 0}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -232,11 +256,33 @@ def clean_accuracy(
     batch_size: int,
     device: torch.device,
     progress: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> float:
+    """Top-1 accuracy of ``model`` on ``images`` (uint8, NCHW) in batches of ``batch_size``.
+
+    Args:
+        model: pixels in [0, 1] in, logits out.
+        images: uint8 images, (N, C, H, W).
+        labels: their labels, (N,).
+        batch_size: images per forward.
+        device: where the model runs.
+        progress: show a progress bar.
+        rank: this process's rank in an initialized process group of ``world_size`` processes: it
+            measures batches ``rank``, ``rank + world_size``, ... and the counts are summed over all
+            of them (the same batches as one process, so the same figure).
+        world_size: the number of processes (1: no process group).
+
+    Returns:
+        The fraction of ``labels`` predicted.
+    """
     correct = 0
-    for start in tqdm(range(0, len(labels), batch_size), desc="accuracy", disable=not progress, leave=False):
+    starts = range(rank * batch_size, len(labels), world_size * batch_size)
+    for start in tqdm(starts, desc="accuracy", disable=not progress, leave=False):
         x = images[start : start + batch_size].to(device).float().div(255)
         correct += (model(x).argmax(1).cpu() == labels[start : start + batch_size]).sum().item()
+    if world_size > 1:
+        correct = sum(all_gathered(correct))
     return correct / len(labels)
 
 
@@ -272,12 +318,17 @@ def evaluate(
     figures): what :func:`run_apgd_addition` uses, the clean accuracy being measured already.
 
     ``model`` is left as it was: evaluated in eval mode with everything restored after, and on
-    another ``device`` through a copy."""
+    another ``device`` through a copy.
+
+    Under an initialized process group of several processes (``torchrun``; see the module's
+    docstring) every process calls this with the same arguments and gets the same figures, those of
+    one process; each measures its share of the batches, rank 0 alone reads and writes
+    ``state_path``, calls ``on_batch`` and decides when ``stop_after_seconds`` has passed."""
     device = torch.device(device)
     if "apgd" in settings.attacks:
         torchattacks_module()  # before any work: a clear error where it is not installed
     state = Path(state_path) if state_path is not None else None
-    if state is not None and state.is_file() and not resume:
+    if state is not None and from_rank0(state.is_file()) and not resume:
         raise FileExistsError(
             f"{state} holds a stopped evaluation; pass --resume (resume=True) to continue it, or delete it"
         )
@@ -292,6 +343,24 @@ def evaluate(
         )  # fmt: skip
 
 
+def _empty_measured(settings: EvalSettings, accuracy: dict[str, Any] | None = None) -> Measured:
+    """Nothing measured yet on the robustness images (``accuracy``: the clean accuracy, if measured).
+
+    Args:
+        settings: the evaluation's settings (its methods, attacks and similarities).
+        accuracy: the ``accuracy`` section so far.
+
+    Returns:
+        An empty :class:`Measured`.
+    """
+    per_image: dict[str, dict[str, dict[str, list[Tensor]]]] = {
+        m: {a: {s: [] for s in settings.similarities} for a in settings.attacks if a not in ACCURACY_ATTACKS}
+        for m in settings.methods
+    }
+    changed = {m: {a: 0 for a in ("targeted", "topk")} for m in settings.methods}
+    return Measured(dict(accuracy or {}), per_image, {"linf": 0, "l2": 0}, changed)
+
+
 def _start(
     model: nn.Module,
     images: Tensor,
@@ -302,22 +371,32 @@ def _start(
     progress: bool,
     measure_clean: bool = True,
 ) -> Measured:
-    """A fresh evaluation: the clean accuracy measured (unless ``measure_clean`` is False), no
-    robustness images done."""
+    """A fresh evaluation: the clean accuracy measured (unless ``measure_clean`` is False; under a
+    process group, each process a share of the batches), no robustness images done."""
     accuracy: dict[str, Any] = {}
     if measure_clean:
+        rank, world_size = group_rank_world()
         n_acc = min(settings.n_accuracy or len(labels), len(labels))
         acc_idx = order[:n_acc] if n_acc < len(labels) else torch.arange(len(labels))
-        accuracy = {
-            "clean": clean_accuracy(model, images[acc_idx], labels[acc_idx], 500, device, progress),
-            "n_images": n_acc,
-        }
-    per_image: dict[str, dict[str, dict[str, list[Tensor]]]] = {
-        m: {a: {s: [] for s in settings.similarities} for a in settings.attacks if a not in ACCURACY_ATTACKS}
-        for m in settings.methods
-    }
-    changed = {m: {a: 0 for a in ("targeted", "topk")} for m in settings.methods}
-    return Measured(accuracy, per_image, {"linf": 0, "l2": 0}, changed)
+        clean = clean_accuracy(
+            model, images[acc_idx], labels[acc_idx], 500, device, progress and rank == 0, rank, world_size
+        )
+        accuracy = {"clean": clean, "n_images": n_acc}
+    return _empty_measured(settings, accuracy)
+
+
+def robustness_order(n: int, seed: int) -> Tensor:
+    """The order the evaluation draws the ``n`` images of a split in: its robustness images are the
+    first ``n_robustness`` (and the clean accuracy's, with ``n_accuracy``, the first ``n_accuracy``).
+
+    Args:
+        n: the number of images in the split.
+        seed: the evaluation's seed.
+
+    Returns:
+        A permutation of range(n).
+    """
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
 def _evaluate(
@@ -336,14 +415,52 @@ def _evaluate(
     started = time.monotonic()
     images = torch.from_numpy(np.ascontiguousarray(data.images.transpose(0, 3, 1, 2)))
     labels = torch.from_numpy(data.labels)
-    # of the weights as given: a state is resumed whether or not BatchNorm is folded
-    fingerprint = evaluation_fingerprint(model, images, labels, settings.recorded()) if state else {}
+    # of the weights as given: a state is resumed whether or not BatchNorm is folded (rank 0 reads and
+    # writes the state)
+    on_rank0 = group_rank_world()[0] == 0
+    fingerprint = (
+        evaluation_fingerprint(model, images, labels, settings.recorded()) if state and on_rank0 else {}
+    )
     probe = images[:2].to(device).float().div(255)
     with folded_batchnorm(model, probe) if fold_batchnorm and len(probe) else nullcontext():
         return _measure(
             model, images, labels, data.name, settings, device, progress, on_batch,
             state, fingerprint, started, stop_after_seconds, fused_softplus, measure_clean,
         )  # fmt: skip
+
+
+def _resumed_or_started(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    order: Tensor,
+    settings: EvalSettings,
+    device: torch.device,
+    progress: bool,
+    measure_clean: bool,
+    state: Path | None,
+    fingerprint: dict[str, Any],
+    generator: torch.Generator,
+) -> Measured:
+    """The measurements saved in ``state`` (``generator`` set to its saved state), else a fresh start.
+    Under a process group rank 0 reads the state and every process gets its contents (or its error).
+    """
+    loaded: tuple[Measured, Tensor] | str | None = None
+    if group_rank_world()[0] == 0 and state is not None and state.is_file():
+        try:
+            loaded = (load_state(state, fingerprint, generator), generator.get_state())
+        except ValueError as error:
+            loaded = str(error)
+    loaded = from_rank0(loaded)
+    if isinstance(loaded, str):
+        raise ValueError(loaded)
+    if loaded is None:
+        return _start(model, images, labels, order, settings, device, progress, measure_clean)
+    measured, generator_state = loaded
+    generator.set_state(generator_state)
+    if progress and group_rank_world()[0] == 0:
+        print(f"resumed from {state} after {measured.done} robustness images", file=sys.stderr)
+    return measured
 
 
 def _measure(
@@ -362,32 +479,110 @@ def _measure(
     fused_softplus: bool,
     measure_clean: bool = True,
 ) -> dict[str, Any]:
-    """The clean accuracy (or the resumed state) and the robustness batches of :func:`_evaluate`."""
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(settings.seed))
+    """The clean accuracy (or the resumed state) and the robustness batches of :func:`_evaluate`, in
+    rounds of one batch per process (one batch a round without a process group). After each round
+    every process holds every batch's measurements so far; rank 0 saves the state, calls
+    ``on_batch`` and decides whether to stop."""
+    rank, world_size = group_rank_world()
+    order = robustness_order(len(labels), settings.seed)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
-    if state is not None and state.is_file():
-        measured = load_state(state, fingerprint, generator)
-        if progress:
-            print(f"resumed from {state} after {measured.done} robustness images", file=sys.stderr)
-    else:
-        measured = _start(model, images, labels, order, settings, device, progress, measure_clean)
+    measured = _resumed_or_started(
+        model, images, labels, order, settings, device, progress, measure_clean, state, fingerprint, generator
+    )
     rob_idx = order[: min(settings.n_robustness, len(labels))]
-    batches = range(measured.done, len(rob_idx), settings.batch_size)
-    for start in tqdm(batches, desc="robustness", disable=not progress):
-        idx = rob_idx[start : start + settings.batch_size]
-        x = images[idx].to(device).float().div(255)
-        y = labels[idx].to(device)
-        _measure_batch(model, x, y, start, settings, generator, fused_softplus, measured)
-        measured.done = start + len(idx)
-        if state is not None:
+    starts = list(range(measured.done, len(rob_idx), settings.batch_size))
+    rounds = range(0, len(starts), world_size)
+    if world_size > 1 and rank == 0:
+        log.info("%d robustness batches on %d processes, one batch each a round", len(starts), world_size)
+    for first in tqdm(rounds, desc="robustness", disable=not progress or rank != 0):
+        round_starts = starts[first : first + world_size]
+        mine = _measure_round(
+            model, images, labels, rob_idx, round_starts, rank, settings, generator, fused_softplus
+        )
+        over_time = stop_after_seconds is not None and time.monotonic() - started >= stop_after_seconds
+        gathered = all_gathered((mine, over_time))
+        for part, _ in gathered:  # in rank order: the order of the batches
+            if part is not None:
+                _merge(measured, part)
+        measured.done = min(round_starts[-1] + settings.batch_size, len(rob_idx))
+        if state is not None and rank == 0:
             save_state(state, measured, generator, fingerprint)
         if measured.done == len(rob_idx):
             break
-        if on_batch is not None:
+        if on_batch is not None and rank == 0:
             on_batch(_summary(measured, settings, data_name))
-        if stop_after_seconds is not None and time.monotonic() - started >= stop_after_seconds:
+        if gathered[0][1]:  # rank 0's clock decides
             break
     return _summary(measured, settings, data_name)
+
+
+def _measure_round(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    rob_idx: Tensor,
+    round_starts: list[int],
+    rank: int,
+    settings: EvalSettings,
+    generator: torch.Generator,
+    fused_softplus: bool,
+) -> Measured | None:
+    """Measure the batch of this round that is ``rank``'s (the one at ``round_starts[rank]``), and move
+    ``generator`` over the other batches of the round as their measurement would, so that every
+    process's generator draws what one process's draws at each batch.
+
+    Args:
+        model: the model, ready to measure.
+        images: every image of the split, uint8 (N, C, H, W).
+        labels: their labels.
+        rob_idx: the robustness images, in the seeded order.
+        round_starts: the first position in ``rob_idx`` of each batch of this round.
+        rank: which of them this process measures.
+        settings: the evaluation's settings.
+        generator: the evaluation's random generator, at the state before the round.
+        fused_softplus: see :func:`evaluate`.
+
+    Returns:
+        The measurements of this process's batch, or None when the round has no batch for it.
+    """
+    mine = None
+    for position, start in enumerate(round_starts):
+        idx = rob_idx[start : start + settings.batch_size]
+        if position != rank:
+            _skip_batch((len(idx), *images.shape[1:]), start, settings, generator)
+            continue
+        x = images[idx].to(generator.device).float().div(255)  # the generator is on the evaluation's device
+        y = labels[idx].to(generator.device)
+        mine = _empty_measured(settings)
+        _measure_batch(model, x, y, start, settings, generator, fused_softplus, mine)
+    return mine
+
+
+def _skip_batch(
+    shape: tuple[int, ...], start: int, settings: EvalSettings, generator: torch.Generator
+) -> None:
+    """Draw from ``generator`` what :func:`_measure_batch` draws for a batch of images of ``shape``
+    whose first is robustness image ``start`` (see :data:`RANDOM_TENSORS`), without measuring it."""
+    counts = {m: min(shape[0], max(0, settings.images_for(m) - start)) for m in settings.methods}
+    for (attack, _), n in _needed_perturbations(counts, settings).items():
+        tensors = RANDOM_TENSORS[attack]
+        for _ in range(getattr(settings, tensors) if isinstance(tensors, str) else tensors):
+            torch.rand((n, *shape[1:]), generator=generator, device=generator.device, dtype=torch.float32)
+
+
+def _merge(measured: Measured, part: Measured) -> None:
+    """Add the measurements of the batch ``part`` (the next one) to ``measured``."""
+    for method, attacks in part.per_image.items():
+        for attack, sims in attacks.items():
+            for name, values in sims.items():
+                measured.per_image[method][attack][name].extend(values)
+    for norm in ("linf", "l2"):
+        measured.pgd_correct[norm] += part.pgd_correct[norm]
+        for count in ("ce", "ce_then_t"):
+            measured.apgd_correct[norm][count] += part.apgd_correct[norm][count]
+    for method, attacks in part.changed.items():
+        for attack, count in attacks.items():
+            measured.changed[method][attack] += count
 
 
 def _measure_batch(
@@ -470,18 +665,24 @@ def _shared_perturbations(
     the most images any method sharing it measures, so with attack_map="grad" the figures do not
     depend on the order of the methods or on n_slow. The x' are made in the order the methods that
     measure images in this batch first need them (the random generator is shared)."""
-    needed: dict[tuple[str, str], int] = {}
-    for method in (m for m in settings.methods if counts[m] > 0):  # made in the order first needed
-        for attack in settings.attacks:
-            if attack not in ACCURACY_ATTACKS:
-                key = _perturbation_key(method, attack, settings)
-                needed[key] = max(needed.get(key, 0), counts[method])
     return {
         (attack, map_method): _attacked_inputs(
             model, x[:n], predicted[:n], attack, map_method, settings, generator, fused_softplus
         )
-        for (attack, map_method), n in needed.items()
+        for (attack, map_method), n in _needed_perturbations(counts, settings).items()
     }
+
+
+def _needed_perturbations(counts: dict[str, int], settings: EvalSettings) -> dict[tuple[str, str], int]:
+    """How many images of a batch each perturbation of :func:`_shared_perturbations` is made for, by
+    :func:`_perturbation_key`, in the order they are made (the order first needed)."""
+    needed: dict[tuple[str, str], int] = {}
+    for method in (m for m in settings.methods if counts[m] > 0):
+        for attack in settings.attacks:
+            if attack not in ACCURACY_ATTACKS:
+                key = _perturbation_key(method, attack, settings)
+                needed[key] = max(needed.get(key, 0), counts[method])
+    return needed
 
 
 def _summary(measured: Measured, settings: EvalSettings, data_name: str) -> dict[str, Any]:
@@ -578,10 +779,10 @@ def run_evaluation(
 
     if "apgd" in settings.attacks:
         torchattacks_module()  # before loading anything
+    device = _process_device(device)
     model = load(name_or_path)
     data = _model_data(model, data_dir, split)
     split = split or ("test" if _dataset(model) == "cifar10" else data.name.rsplit("(", 1)[-1].rstrip(")"))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if settings.attack_amp == "bf16" and not use_bf16(device, "attack_amp bf16"):
         # recorded as run; the caller's settings are left as they were
         settings = replace(settings, attack_amp="none", method_settings=dict(settings.method_settings))
@@ -634,6 +835,25 @@ def run_evaluation(
     return results_json(measured, measured["data"]["n_robustness"] == wanted)
 
 
+def _process_device(device: str | None) -> str | torch.device:
+    """The device of this process (default: CUDA if available, else the CPU); under ``torchrun`` with
+    several processes, each one's (a GPU: its LOCAL_RANK's), with the process group started (see
+    :mod:`lga_zoo.distributed`).
+
+    Args:
+        device: what the user asked for ("cpu", "cuda", "cuda:1") or None.
+
+    Returns:
+        The device to evaluate on.
+    """
+    _, world_size, local_rank = rank_world()
+    if world_size == 1:
+        return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = process_device(device, local_rank, world_size)
+    join_process_group(device, world_size)
+    return device
+
+
 def _dataset(model: nn.Module) -> str:
     """The data set the model's recipe names: "cifar10", "imagenet100" or "folder"."""
     recipe = (getattr(model, "config", None) or {}).get("lga_zoo", {}).get("recipe", {})
@@ -676,13 +896,60 @@ def apgd_settings_of(results: dict[str, Any], steps: int, targets: int, batch_si
     )
 
 
-def check_addable(results: dict[str, Any], what: str) -> None:
-    """Refuse a results JSON that APGD cannot be added to: a partial or malformed one."""
+def check_addable(results: dict[str, Any], what: str, adding: str = "APGD") -> None:
+    """Refuse a results JSON that ``adding`` (APGD, the Quantus scores) cannot be added to: a partial or
+    malformed one."""
     missing = [key for key in ("model", "data", "accuracy") if not isinstance(results.get(key), dict)]
     if missing or "n_robustness" not in results["data"] or "sha256" not in results["model"]:
         raise ValueError(f"{what} is not an lga-zoo evaluation's results (no {', '.join(missing) or 'data'})")
     if results.get("complete") is not True:
-        raise ValueError(f"{what} holds a stopped evaluation; complete it (--resume) before adding APGD")
+        raise ValueError(f"{what} holds a stopped evaluation; complete it (--resume) before adding {adding}")
+
+
+def addition_model_and_data(
+    name_or_path: str, data_dir: str, results: dict[str, Any], what: str, adding: str
+) -> tuple[nn.Module, ImageArrays]:
+    """The model and the data of an addition to ``results`` (``adding``: "APGD", "the Quantus scores"):
+    the same weights (sha256) and the same data set and split as ``results`` measured, else a ValueError.
+
+    Args:
+        name_or_path: a zoo name or a model folder.
+        data_dir: the data, as ``lga-zoo evaluate --data-dir`` takes it.
+        results: a complete evaluation's results JSON.
+        what: names the results in errors.
+        adding: names the addition in errors.
+
+    Returns:
+        (the loaded model, the split's images).
+    """
+    from .hub import load
+
+    model = load(name_or_path)
+    measured_sha = results["model"]["sha256"]
+    if model.sha256 != measured_sha:
+        raise ValueError(
+            f"{what} measured other weights (sha256 {str(measured_sha)[:12]}...) than {name_or_path} "
+            f"(sha256 {model.sha256[:12]}...); evaluate these weights in full instead of adding {adding}"
+        )
+    data = _model_data(model, data_dir, results["data"].get("split"))
+    expected = {
+        "data set": results["data"].get("name"),
+        "images in the split": results["data"].get("n_accuracy"),
+    }
+    found = {"data set": data.name, "images in the split": len(data.labels)}
+    if results.get("settings", {}).get("n_accuracy") is not None:
+        # the accuracy was measured on a subset: no count of the split
+        del expected["images in the split"], found["images in the split"]
+    different = [
+        f"{key} {found[key]!r} (the results': {expected[key]!r})"
+        for key in expected
+        if found[key] != expected[key]
+    ]
+    if different:
+        raise ValueError(
+            f"{data_dir} is not the data {what} measured: {'; '.join(different)}; pass the same --data-dir"
+        )
+    return model, data
 
 
 def run_apgd_addition(
@@ -708,37 +975,11 @@ def run_apgd_addition(
     with the APGD figures merged in by :func:`merge_apgd`, the number of images done): fewer than
     ``data.n_robustness`` when ``stop_after_seconds`` ended it early (then nothing is merged, and the
     state at ``state_path`` continues it with ``resume=True``). ``what`` names the results in errors."""
-    from .hub import load
-
     check_addable(results, what)
     torchattacks_module()
     settings = apgd_settings_of(results, steps, targets, batch_size)
-    model = load(name_or_path)
-    measured_sha = results["model"]["sha256"]
-    if model.sha256 != measured_sha:
-        raise ValueError(
-            f"{what} measured other weights (sha256 {str(measured_sha)[:12]}...) than {name_or_path} "
-            f"(sha256 {model.sha256[:12]}...); evaluate these weights in full instead of adding APGD"
-        )
-    split = results["data"].get("split")
-    data = _model_data(model, data_dir, split)
-    expected = {
-        "data set": results["data"].get("name"),
-        "images in the split": results["data"].get("n_accuracy"),
-    }
-    found = {"data set": data.name, "images in the split": len(data.labels)}
-    if settings.n_accuracy is not None:  # the accuracy was measured on a subset: no count of the split
-        del expected["images in the split"], found["images in the split"]
-    different = [
-        f"{key} {found[key]!r} (the results': {expected[key]!r})"
-        for key in expected
-        if found[key] != expected[key]
-    ]
-    if different:
-        raise ValueError(
-            f"{data_dir} is not the data {what} measured: {'; '.join(different)}; pass the same --data-dir"
-        )
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, data = addition_model_and_data(name_or_path, data_dir, results, what, "APGD")
+    device = _process_device(device)
     measured = evaluate(
         model, data, settings, device, progress, None, state_path, resume, stop_after_seconds,
         fused_softplus, fold_batchnorm, measure_clean=False,

@@ -4,11 +4,16 @@ test images each model's robustness figures rest on. The README's zoo table
 is this output between the markers below; a test fails when they differ.
 
 The L-inf robust accuracy column shows PGD's figure while no model has APGD (AutoAttack's gradient
-part); once one has, it shows APGD's, and PGD's marked "(PGD)" for the models without APGD."""
+part); once one has, it shows APGD's, and PGD's marked "(PGD)" for the models without APGD.
+
+``lga-zoo leaderboard --columns default,quantus/max_sensitivity,...`` picks other columns (the README's
+table stays the default one): any metric key of the registry, e.g. the Quantus scores."""
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from .registry import all_entries
@@ -24,25 +29,78 @@ COLUMNS = (
     ("grad/topk/topk", "grad: top-k attack", False),
     ("integrated_gradients/targeted/topk", "IG: targeted top-k", False),
 )
+# columns ``--columns`` can add (or any key of the registry's metrics, titled by the key itself)
+EXTRA_COLUMNS = (
+    ("pgd_linf", "PGD L-inf acc.", True),
+    ("pgd_l2", "PGD L2 acc.", True),
+    ("apgd_linf", "APGD L-inf acc.", True),
+    ("apgd_l2", "APGD L2 acc.", True),
+    ("quantus/max_sensitivity", "Max-Sensitivity (Quantus)", False),
+    ("quantus/local_lipschitz_estimate", "Local Lipschitz (Quantus)", False),
+    ("quantus/relative_input_stability", "Rel. Input Stability (Quantus)", False),
+    ("quantus/road", "ROAD kept (Quantus)", False),
+)
+DEFAULT = "default"  # in --columns: the default columns
 
 
-def leaderboard_markdown() -> str:
-    """A Markdown table, one row per model with measured metrics (best targeted robustness first)."""
+def resolve_columns(names: Sequence[str] | None) -> tuple[tuple[str, str, bool], ...]:
+    """The (key, title, percent) columns ``names`` pick: metric keys of the registry (``accuracy``,
+    ``robust_linf``, ``quantus/max_sensitivity``, ``grad/targeted/kendall``, ...), ``default`` for the
+    default columns; None gives the default columns.
+
+    Args:
+        names: column keys, in order.
+
+    Returns:
+        The columns, in order; a ValueError (with close matches) names a key no entry carries.
+    """
+    if names is None:
+        return COLUMNS
+    known = {key: (key, title, percent) for key, title, percent in (*COLUMNS, *EXTRA_COLUMNS)}
+    carried = {key for entry in all_entries() for key in entry.metrics if key != "n_robustness"}
+    columns: list[tuple[str, str, bool]] = []
+    for name in names:
+        if name == DEFAULT:
+            columns += COLUMNS
+        elif name in known:
+            columns.append(known[name])
+        elif name in carried:
+            columns.append((name, name, False))
+        else:
+            choices = sorted({DEFAULT, *known, *carried})
+            close = difflib.get_close_matches(name, choices, n=3)
+            hint = f" Did you mean {close}?" if close else ""
+            raise ValueError(f"unknown leaderboard column {name!r}.{hint} Accepted: {', '.join(choices)}")
+    if not columns:
+        raise ValueError("--columns names no column")
+    return tuple(columns)
+
+
+def leaderboard_markdown(columns: Sequence[str] | None = None) -> str:
+    """A Markdown table, one row per model with measured metrics (best targeted robustness first).
+
+    Args:
+        columns: the metric columns by key (see :func:`resolve_columns`); None: the README's columns.
+
+    Returns:
+        The table.
+    """
+    picked = resolve_columns(columns)
     measured = [e for e in all_entries() if e.metrics]
     apgd_anywhere = any(_number_or(e.metrics.get("apgd_linf"), None) is not None for e in measured)
     titles = [
         "L-inf robust acc. (APGD; PGD where marked)" if key == ROBUST_LINF and apgd_anywhere else title
-        for key, title, _ in COLUMNS
+        for key, title, _ in picked
     ]
     header = "| model | params | regularizer | images | " + " | ".join(titles) + " |\n"
-    rule = "|---|---:|---|---:|" + "---:|" * len(COLUMNS) + "\n"
+    rule = "|---|---:|---|---:|" + "---:|" * len(picked) + "\n"
     if not measured:
-        return header + rule + "| (no evaluated models yet) |" + " |" * (len(COLUMNS) + 3) + "\n"
+        return header + rule + "| (no evaluated models yet) |" + " |" * (len(picked) + 3) + "\n"
     measured.sort(key=lambda e: (-_number_or(e.metrics.get("grad/targeted/topk"), -1.0), e.name))
     rows = []
     for entry in measured:
         cells = []
-        for key, _, percent in COLUMNS:
+        for key, _, percent in picked:
             marker = ""
             if key == ROBUST_LINF:
                 value = _number_or(entry.metrics.get("apgd_linf"), None) if apgd_anywhere else None
@@ -53,12 +111,20 @@ def leaderboard_markdown() -> str:
                 value = _number_or(entry.metrics.get(key), None)
             # the registry's values are rounded to 4 digits (cards.summary_metrics): shown as stored, since
             # rounding them again to 3 could disagree with the cards (0.20653 -> 0.2065 -> "0.206")
-            cells.append("-" if value is None else (f"{value:.2%}" if percent else f"{value:.4f}") + marker)
+            cells.append("-" if value is None else _cell(key, value, percent) + marker)
         rows.append(
             f"| {entry.name} | {entry.num_params / 1e6:.2f}M | {entry.regularizer['name']} | "
             f"{entry.metrics.get('n_robustness', '-')} | " + " | ".join(cells) + " |\n"
         )
     return header + rule + "".join(rows)
+
+
+def _cell(key: str, value: float, percent: bool) -> str:
+    """A metric as the table shows it: a percentage, 4 significant digits for a Quantus score (stored
+    so), else 4 decimals."""
+    if percent:
+        return f"{value:.2%}"
+    return f"{value:.4g}" if key.startswith("quantus/") else f"{value:.4f}"
 
 
 def _number_or(value, missing):

@@ -32,6 +32,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .datasets import TrainingData, dataset_classes, prepare_data
+from .distributed import join_process_group, process_device
+from .distributed import rank_world as _rank_world
 from .folder import (
     CARD_NAME,
     CONFIG_NAME,
@@ -258,12 +260,6 @@ def _check_same_recipe(saved: dict, current: dict, ckpt_path: Path) -> None:
             f"cannot resume {ckpt_path}: the recipe changed ({detail}). "
             "Use a new --out folder, or restore the recipe."
         )
-
-
-def _rank_world() -> tuple[int, int, int]:
-    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    return 0, 1, 0
 
 
 @torch.no_grad()
@@ -715,22 +711,10 @@ def _train(
     out = Path(out)
     if overwrite and resume:
         raise ValueError("--overwrite starts afresh and --resume continues: choose one")
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)  # "cuda": each torchrun process its LOCAL_RANK's GPU
-    elif device.type == "cuda" and world_size > 1 and device.index != local_rank:
-        raise ValueError(
-            f"--device {device} under torchrun would put every process on one GPU; pass --device cuda "
-            "(or none): each process takes the GPU of its LOCAL_RANK"
-        )
+    device = process_device(device, local_rank, world_size)
     if not overwrite:
         _guard_existing_run(out, resume)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    join_process_group(device, world_size)
     is_main = rank == 0
     if is_main:
         out.mkdir(parents=True, exist_ok=True)

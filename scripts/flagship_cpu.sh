@@ -69,6 +69,12 @@ add_apgd() {  # add_apgd NAME: AutoAttack's APGD-CE + APGD-T (fp32) on the robus
     --state "$RUNS/$1/apgd_state.safetensors" --resume || return 1
   mkdir -p "$RUNS/$1" && cp "model_cards/$1/results.json" "$RUNS/$1/results_apgd.json"
 }
+add_quantus() {  # add_quantus NAME: Quantus' Max-Sensitivity, LLE, RIS and ROAD on 200 of its robustness images
+  python scripts/flagship_state.py has-quantus "$1" && return 0
+  lga-zoo evaluate "$1" --data-dir "$DATA" --add quantus --batch-size 50 --publish --no-progress \
+    --state "$RUNS/$1/quantus_state.safetensors" --resume || return 1
+  mkdir -p "$RUNS/$1" && cp "model_cards/$1/results.json" "$RUNS/$1/results_quantus.json"
+}
 # The headline first: the LGA model and its control (about 43 and 11 min on a 2-core CPU with native
 # bf16), the LGA evaluation (about 1 h), then the rest. Each step publishes, so commit as they land.
 step train_lga train resnet18_cifar10_lga
@@ -86,7 +92,14 @@ for name in lga_l2_0p05 adversarial_eps2 hessian_lam5em6 adversarial_eps1 gradno
   step "train_$name" train "resnet18_cifar10_$name" float16
   step "eval_${name}_500" evaluate "resnet18_cifar10_$name" 500 200
   step "apgd_$name" add_apgd "resnet18_cifar10_$name"
+  step "quantus_$name" add_quantus "resnet18_cifar10_$name"
   [ -s "$bench" ] || step bench_train_step sh -c "python benchmarks/train_step.py --arch resnet18_cifar \
     --regularizers none,lga,hessian,gradnorm,adversarial,trades --steps 3 > '$bench.tmp' && mv '$bench.tmp' '$bench'"
+done
+# The published models evaluated before APGD and Quantus existed: those figures added on the same images.
+for name in resnet18_cifar10_standard resnet18_cifar10_control resnet18_cifar10_lga resnet18_cifar10_hessian \
+  resnet18_w16_cifar10_standard resnet18_w16_cifar10_control resnet18_w16_cifar10_lga; do
+  step "apgd_$name" add_apgd "$name"
+  step "quantus_$name" add_quantus "$name"
 done
 log "queue finished"

@@ -4,6 +4,7 @@
     python scripts/flagship_state.py evaluated NAME N   # exit 0: its results cover >= N images of the pinned weights
     python scripts/flagship_state.py started-elsewhere RUN  # exit 0: the run in folder RUN fine-tunes other weights than the pinned ones
     python scripts/flagship_state.py has-apgd NAME      # exit 0: its results hold accuracy.apgd
+    python scripts/flagship_state.py has-quantus NAME   # exit 0: its results hold the Quantus scores
 
 Exit 1 (with the reason on stderr) when the step still has to run. The queue reads the published
 files, not markers on the machine, so a new machine picks up where the last one stopped.
@@ -68,6 +69,16 @@ def apgd_reason(name: str, repo: Path = REPO) -> str | None:
     return None
 
 
+def quantus_reason(name: str, repo: Path = REPO) -> str | None:
+    """``None`` when ``model_cards/NAME/results.json`` holds the Quantus scores; else why not."""
+    path = repo / "model_cards" / name / "results.json"
+    if not path.is_file():
+        return f"{name} has no results.json"
+    if "quantus" not in json.loads(path.read_text()):
+        return f"{name}'s results hold no Quantus scores"
+    return None
+
+
 def started_elsewhere(run: Path) -> str | None:
     """Why the (finished or stopped) run in folder ``run`` must not be resumed: it fine-tunes a zoo
     model from other weights than the ones pinned today (the model was published anew since it
@@ -88,6 +99,8 @@ def main(argv: list[str]) -> int:
         reason = evaluated_reason(argv[1], int(argv[2]))
     elif len(argv) == 2 and argv[0] == "has-apgd":
         reason = apgd_reason(argv[1])
+    elif len(argv) == 2 and argv[0] == "has-quantus":
+        reason = quantus_reason(argv[1])
     elif len(argv) == 2 and argv[0] == "started-elsewhere":
         elsewhere = started_elsewhere(Path(argv[1]))
         print(
