@@ -82,12 +82,15 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+MAX_STEPS = 10_000  # steps or samples per map: more is hours of work per image, never needed
+
+
 def _check_setting(method: str, key: str, value: Any) -> None:
     """Raise ValueError naming ``key`` when a method setting is out of range or of the wrong type."""
     problem = None
     if key in ("steps", "samples", "attack_steps"):
-        if not _is_int(value) or value < 1:
-            problem = "must be an integer >= 1"
+        if not _is_int(value) or not 1 <= value <= MAX_STEPS:
+            problem = f"must be an integer in [1, {MAX_STEPS}]"
     elif key in ("internal_batch_size", "samples_batch_size"):
         if value is not None and (not _is_int(value) or value < 1):
             problem = "must be None or an integer >= 1"

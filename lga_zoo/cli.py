@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
+
+from .arguments import add_demo_arguments, add_train_arguments, fraction, positive_float, positive_int
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -19,17 +22,15 @@ def _explain(args: argparse.Namespace) -> int:
     if kwargs and "steps" not in METHODS[resolve_method(args.method, {})[0]]:  # aliases resolved
         stepped = sorted(name for name, defaults in METHODS.items() if "steps" in defaults)
         raise ValueError(f"--steps applies to the methods {stepped} (and their aliases), not {args.method!r}")
+    out_paths = _map_paths(args.images, Path(args.out), args.method)
     model = load(args.model, device=args.device)
-    out = Path(args.out)
-    to_dir = len(args.images) > 1 or out.suffix.lower() != ".png"
     target = int(args.target) if args.target and args.target.isdigit() else args.target
     stability = {"seed": args.seed} if args.stability else False
-    for image_path in args.images:
+    for image_path, out_path in zip(args.images, out_paths):
         image = open_image(image_path)
         exp = model.explain(
             image, target=target, method=args.method, normalize=args.normalize, stability=stability, **kwargs
         )
-        out_path = out / f"{Path(image_path).stem}_{exp.method}.png" if to_dir else out
         exp.save(out_path, show_stability=args.stability)
         print(f"{image_path}: {exp.describe()}; {exp.method} map written to {out_path}")
         if args.stability:
@@ -39,6 +40,35 @@ def _explain(args: argparse.Namespace) -> int:
                 f"{used['attack_steps']}-step attack within {used['eps'] * 255:.3g}/255; 1 = unchanged)"
             )
     return 0
+
+
+NOT_PNG = (".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".pdf", ".svg", ".eps")
+
+
+def _map_paths(images: list[str], out: Path, method: str) -> list[Path]:
+    """Where ``lga-zoo explain`` writes each image's map: ``out`` itself for one image and a .png
+    ``out``, else ``out/STEM_METHOD.png``, the stems numbered where two images share one (no map
+    overwrites another). An ``out`` naming another picture format, or a .png for several images, is
+    refused."""
+    from .attribution import resolve_method
+
+    suffix = out.suffix.lower()
+    if suffix in NOT_PNG:
+        raise ValueError(f"--out {out}: maps are written as PNG; give a .png file (one image) or a folder")
+    if suffix == ".png" and not out.is_dir():
+        if len(images) > 1:
+            raise ValueError(f"--out {out} is one .png file for {len(images)} images; give a folder")
+        return [out]
+    method = resolve_method(method, {})[0]
+    stems = [Path(image).stem for image in images]
+    paths, seen = [], {}
+    for stem in stems:
+        seen[stem] = seen.get(stem, 0) + 1
+        numbered = stem if stems.count(stem) == 1 else f"{stem}_{seen[stem]}"
+        paths.append(out / f"{numbered}_{method}.png")
+    if len(set(paths)) < len(paths):
+        raise ValueError(f"two maps would both be written to {out}; give the images distinct names")
+    return paths
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -61,7 +91,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from .hub import available_here
+    from .local import available_here
     from .registry import get_entry, list_models
 
     names = list_models(args.pattern, pretrained=not args.all)
@@ -298,56 +328,10 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fraction(text: str) -> float:
-    """'4/255' or '0.0157', a number in (0, 1]."""
-    try:
-        if "/" in text:
-            num, den = text.split("/", 1)
-            value = float(num) / float(den)
-        else:
-            value = float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction like 4/255") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} = {value:.4g} must be in (0, 1] (pixel units)")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
-    return value
-
-
-def _make_parent(path: Path) -> None:
-    """Create ``path``'s folder, or say in one line why it cannot be created."""
-    for parent in [path.parent, *path.parent.parents]:
-        if parent.exists() and not parent.is_dir():
-            raise ValueError(f"cannot write {str(path)!r}: {str(parent)!r} is a file, not a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     """``lga-zoo evaluate``; under ``torchrun`` every process measures its share and rank 0 alone
-    writes the results, the state and the cards and prints the figures."""
-    from .cards import mean_and_interval
-    from .distributed import rank_world
-    from .evaluate import EvalSettings, run_evaluation
-    from .folder import atomic_write_text
+    holds the outputs, writes the results, the state and the cards and prints the figures."""
+    from .evaluate import EvalSettings
 
     if args.add:
         return _add_to_results(args)
@@ -369,9 +353,41 @@ def _evaluate(args: argparse.Namespace) -> int:
         apgd_targets=args.apgd_targets,
     )
     command, own_folder, out = _evaluation_paths(args)
-    _make_parent(out)
-    partial = out.with_name(out.stem + ".partial.json")
     state = Path(args.state) if args.state else _default_state_path(args.model, out, args.publish)
+    with _holding_outputs(out, state):
+        return _evaluate_into(args, settings, command, own_folder, out, state)
+
+
+def _rank_world() -> tuple[int, int]:
+    from .distributed import rank_world
+
+    return rank_world()
+
+
+def _holding_outputs(*paths: Path) -> contextlib.ExitStack:
+    """Hold the lock of each output file (``.NAME.lock`` beside it) for the block: the places are
+    checked writable before the work, and a second run writing the same file is refused. Under
+    ``torchrun`` rank 0 alone holds them (the others write nothing)."""
+    from .locks import holding
+
+    stack = contextlib.ExitStack()
+    if _rank_world()[0] != 0:
+        return stack
+    with stack:
+        for path in dict.fromkeys(paths):
+            stack.enter_context(holding(path.with_name(f".{path.name}.lock"), str(path)))
+        return stack.pop_all()
+
+
+def _evaluate_into(
+    args, settings, command: str | None, own_folder: Path | None, out: Path, state: Path
+) -> int:
+    """The evaluation of ``_evaluate`` once its outputs are held."""
+    from .cards import mean_and_interval
+    from .evaluate import run_evaluation
+    from .folder import atomic_write_text
+
+    partial = out.with_name(out.stem + ".partial.json")
     results = run_evaluation(
         args.model,
         args.data_dir,
@@ -385,7 +401,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         resume=args.resume,
         stop_after_seconds=args.max_minutes * 60 if args.max_minutes else None,
     )
-    if rank_world()[0] != 0:
+    if _rank_world()[0] != 0:
         return 0 if results["complete"] else 3
     if not results["complete"]:  # on_partial has written the figures so far after the last batch
         print(
@@ -464,11 +480,7 @@ def _refresh_cards(args: argparse.Namespace, results: dict, out: Path, own_folde
 def _add_to_results(args: argparse.Namespace) -> int:
     """``lga-zoo evaluate NAME --add apgd|quantus``: APGD (or the Quantus scores) on the robustness
     images of the results JSON the same command without ``--add`` writes (``--publish``: the published
-    one), merged into it. Under ``torchrun`` rank 0 alone writes."""
-    from .distributed import rank_world
-    from .evaluate import run_apgd_addition
-    from .folder import atomic_write_text
-
+    one), merged into it. Under ``torchrun`` rank 0 alone holds the outputs and writes."""
     command, own_folder, out = _evaluation_paths(args)
     if not out.is_file():
         raise ValueError(
@@ -491,10 +503,21 @@ def _add_to_results(args: argparse.Namespace) -> int:
                 f"leave out {flag}"
             )
     state = Path(args.state) if args.state else _default_state_path(args.model, out, args.publish, args.add)
-    if args.add == "quantus":
-        if rank_world()[1] > 1:
-            raise ValueError("--add quantus runs in one process; start it without torchrun")
-        return _add_quantus(args, results, out, own_folder, command, state)
+    if args.add == "quantus" and _rank_world()[1] > 1:
+        raise ValueError("--add quantus runs in one process; start it without torchrun")
+    with _holding_outputs(out, state):
+        if args.add == "quantus":
+            return _add_quantus(args, results, out, own_folder, command, state)
+        return _add_apgd_into(args, results, command, own_folder, out, state)
+
+
+def _add_apgd_into(
+    args, results: dict, command: str | None, own_folder: Path | None, out: Path, state: Path
+) -> int:
+    """The APGD addition of ``_add_to_results`` once its outputs are held."""
+    from .evaluate import run_apgd_addition
+    from .folder import atomic_write_text
+
     merged, done = run_apgd_addition(
         args.model,
         args.data_dir,
@@ -511,7 +534,7 @@ def _add_to_results(args: argparse.Namespace) -> int:
         what=str(out),
     )
     wanted = results["data"]["n_robustness"]
-    if rank_world()[0] != 0:
+    if _rank_world()[0] != 0:
         return 0 if done == wanted else 3
     if done < wanted:
         print(
@@ -794,15 +817,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="split to measure (default: test for CIFAR-10, val or test for folders)")
     p.add_argument(
         "--n-images",
-        type=_positive_int,
+        type=positive_int,
         help=f"images for robustness, PGD and APGD (default {DEFAULT_N_IMAGES}; with --add: the results')",
     )
     p.add_argument(
-        "--n-accuracy", type=_positive_int, help="images for clean accuracy (default: the whole split)"
+        "--n-accuracy", type=positive_int, help="images for clean accuracy (default: the whole split)"
     )
     p.add_argument(
         "--n-images-slow",
-        type=_positive_int,
+        type=positive_int,
         help="images for ig, smoothgrad and boundary (the first of the --n-images; default: all of them)",
     )
     p.add_argument(
@@ -816,13 +839,13 @@ def build_parser() -> argparse.ArgumentParser:
         "`pip install --no-deps torchattacks==3.5.1`)",
     )
     p.add_argument(
-        "--eps", type=_fraction, default=4 / 255, help="L-inf radius of the perturbations, pixels in [0, 1]"
+        "--eps", type=fraction, default=4 / 255, help="L-inf radius of the perturbations, pixels in [0, 1]"
     )
-    p.add_argument("--attack-steps", type=_positive_int, default=100)
-    p.add_argument("--random-draws", type=_positive_int, default=5)
+    p.add_argument("--attack-steps", type=positive_int, default=100)
+    p.add_argument("--random-draws", type=positive_int, default=5)
     p.add_argument(
         "--softplus-beta",
-        type=_positive_float,
+        type=positive_float,
         default=20.0,
         help="Softplus beta replacing ReLU during the attacks",
     )
@@ -840,11 +863,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(benchmarks/evaluate_precision.py compares its figures and time with fp32)",
     )
     p.add_argument(
-        "--apgd-steps", type=_positive_int, default=50, help="steps of APGD-CE and of APGD-T (default 50)"
+        "--apgd-steps", type=positive_int, default=50, help="steps of APGD-CE and of APGD-T (default 50)"
     )
     p.add_argument(
         "--apgd-targets",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         help="APGD-T's target classes, the most likely wrong ones (default 3; AutoAttack: 9 on CIFAR-10)",
     )
@@ -858,18 +881,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--quantus-images",
-        type=_positive_int,
+        type=positive_int,
         default=200,
         help="with --add quantus: the first this many robustness images (default 200)",
     )
     p.add_argument(
         "--quantus-samples",
-        type=_positive_int,
+        type=positive_int,
         default=QUANTUS_SAMPLES,
         help=f"with --add quantus: noise draws per image of each robustness score (default {QUANTUS_SAMPLES})",
     )
     p.add_argument("--seed", type=int, help="default 0; with --add: the results'")
-    p.add_argument("--batch-size", type=_positive_int, default=100)
+    p.add_argument("--batch-size", type=positive_int, default=100)
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--out", help="results JSON (default runs/evaluate/NAME/results.json)")
     p.add_argument(
@@ -880,7 +903,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the stopped evaluation saved in --state")
     p.add_argument(
         "--max-minutes",
-        type=_positive_float,
+        type=positive_float,
         help="stop after the batch that passes this time (exit code 3); continue later with --resume",
     )
     p.add_argument(
@@ -907,9 +930,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_diffroar)
 
     p = sub.add_parser("demo", help="start the Gradio demo app (needs the demo extra)")
-    from .demo import add_arguments as demo_arguments
-
-    demo_arguments(p)
+    add_demo_arguments(p)
     p.set_defaults(func=_demo)
 
     p = sub.add_parser(
@@ -938,10 +959,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_leaderboard)
 
-    from .train import build_parser as train_parser
-
     p = sub.add_parser("train", help="train a recipe (torchrun -m lga_zoo.train for several GPUs)")
-    train_parser(p)
+    add_train_arguments(p)
     p.set_defaults(func=_train)
     return parser
 

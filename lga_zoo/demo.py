@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import sys
+import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +116,24 @@ def analyse(
     }
 
 
+def client_message(err: Exception, upload_path: str | None = None) -> str:
+    """The error as the page shows it: the upload named by its file name, and no other path of the
+    server's temporary folder (where Gradio keeps uploads).
+
+    Args:
+        err: the error to show.
+        upload_path: the server-side path of the upload, if any.
+
+    Returns:
+        A one-line message without server paths.
+    """
+    text = str(err)
+    if upload_path:
+        text = text.replace(str(upload_path), Path(upload_path).name)
+    temp = re.escape(tempfile.gettempdir().rstrip(os.sep) + os.sep)
+    return re.sub(temp + r"[^\s'\"]*", lambda m: Path(m.group(0)).name, text)
+
+
 def summary_markdown(result: dict[str, Any]) -> str:
     """The numbers of :func:`analyse` as a Markdown table for the page."""
     lines = [
@@ -148,7 +169,7 @@ def build_app(models: list[str] | None = None, examples: str | Path | None = Non
         try:
             result = analyse(image_path, chosen, method, perturbation, progress)
         except (ValueError, RuntimeError, OSError) as err:
-            raise gr.Error(str(err)) from None
+            raise gr.Error(client_message(err, image_path)) from None
         return summary_markdown(result), result["overlays"], result["figure"], result["rows"]
 
     def show(image_path):
@@ -157,7 +178,7 @@ def build_app(models: list[str] | None = None, examples: str | Path | None = Non
         try:
             return read_upload(image_path)
         except ValueError as err:
-            raise gr.Error(str(err)) from None
+            raise gr.Error(client_message(err, image_path)) from None
 
     with gr.Blocks(title="lga-zoo: explanations that hold up") as app:
         gr.Markdown(
@@ -202,15 +223,28 @@ def main(argv: list[str] | None = None) -> int:
     """``lga-zoo demo [--models A,B] [--host 127.0.0.1] [--port 7860]``."""
     import argparse
 
+    from .arguments import add_demo_arguments
+
     parser = argparse.ArgumentParser(prog="lga-zoo demo", description="the Gradio demo app")
-    add_arguments(parser)
+    add_demo_arguments(parser)
     return run_from_args(parser.parse_args(argv))
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--models", help="comma-separated zoo names (default: every published model)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
+STOP_SECONDS = 5.0  # on SIGTERM the server has this long to close before the process ends regardless
+
+
+def stop_within(app, seconds: float) -> None:
+    """End the process: close ``app`` (the Gradio server and its queue), but after ``seconds`` at
+    the latest, whatever connections or queue workers still hold it. Exit status 0."""
+    timer = threading.Timer(seconds, os._exit, args=(0,))
+    timer.daemon = True
+    timer.start()
+    try:
+        app.close()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # not sys.exit: it would wait for Gradio's worker threads
 
 
 def run_from_args(args) -> int:
@@ -227,10 +261,6 @@ def run_from_args(args) -> int:
         raise ValueError(f"no published weights for {unknown}; published: {list_models()}")
     app = build_app(models)
 
-    def stop(signum, frame):
-        app.close()
-        sys.exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop_within(app, STOP_SECONDS))
     app.queue().launch(server_name=args.host, server_port=args.port, show_error=True)
     return 0

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save, save_file
 from torchvision.transforms import InterpolationMode
 
+from .locks import pid_alive
 from .models import ACTIVATIONS, ExplainableClassifier, create_backbone
 
 WEIGHTS_NAME = "model.safetensors"
@@ -40,16 +41,6 @@ def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete the ``*.tmp<PID>*`` files and folders that atomic writes of a killed process left in
     ``folder`` (those of living processes are kept); returns what was removed."""
@@ -62,7 +53,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         return removed
     for path in folder.iterdir():
         match = re.search(r"\.tmp(\d+)", path.name)
-        if not match or _pid_alive(int(match.group(1))):
+        if not match or pid_alive(int(match.group(1))):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -286,6 +277,17 @@ def model_from_config(config: dict[str, Any]) -> ExplainableClassifier:
     )
 
 
+def _refuse_non_finite(state: dict[str, torch.Tensor], weights: str | os.PathLike) -> None:
+    """A :class:`WeightsError` naming the tensors of ``state`` that hold NaN or infinite values: such a
+    model predicts NaN probabilities and draws meaningless maps."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise WeightsError(
+            f"weights {str(weights)!r} hold NaN or infinite values in {len(bad)} tensor(s) "
+            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); a model must have finite weights"
+        )
+
+
 def load_weights_strict(model: ExplainableClassifier, weights: str | os.PathLike) -> None:
     """Load safetensors ``weights`` into ``model.backbone`` strictly; a corrupted file or a key or
     shape mismatch raises :class:`WeightsError` naming the file."""
@@ -295,6 +297,7 @@ def load_weights_strict(model: ExplainableClassifier, weights: str | os.PathLike
         raise WeightsError(
             f"cannot read weights {str(weights)!r} (corrupted or not safetensors): {err}"
         ) from None
+    _refuse_non_finite(state, weights)
     try:
         model.backbone.load_state_dict(state, strict=True)
     except RuntimeError as err:

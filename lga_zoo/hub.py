@@ -31,17 +31,13 @@ from .folder import (
     sha256_of,
     write_model_folder,
 )
+from .local import available_here, checkout_root
 from .models import ExplainableClassifier
 from .registry import UnknownModelError, ZooEntry, get_entry, list_models
 
 RESULTS_NAME = "results.json"
 TRAIN_LOG_NAME = "train_log.jsonl"  # the run's per-epoch log, copied by `lga-zoo publish`
 HF_PREFIX = "hf-hub:"
-
-
-def checkout_root() -> Path:
-    """The folder holding ``lga_zoo/`` (a git checkout or a torch.hub clone has ``model_cards/`` there)."""
-    return Path(__file__).resolve().parents[1]
 
 
 def model_card_dir(name: str) -> Path:
@@ -101,8 +97,16 @@ def _remove_from_cache(path: Path) -> None:
 
 
 def _download(
-    repo_id: str, filename: str, revision: str | None, cache_dir: str | None, offline: bool, what: str
+    repo_id: str,
+    filename: str,
+    revision: str | None,
+    cache_dir: str | None,
+    offline: bool,
+    what: str,
+    downloading: bool = False,
 ) -> Path:
+    """One file of a Hub repo from the cache or the Hub; ``downloading``: called by ``lga-zoo
+    download`` itself, whose error does not send the user to the same command."""
     try:
         return Path(
             hf_hub_download(
@@ -116,10 +120,16 @@ def _download(
             if offline
             else "the Hub could not be reached"
         )
+        todo = (
+            ("Unset HF_HUB_OFFLINE" if offline else "Run it again")
+            + " where the Hub is reachable, or copy the model folder (model.safetensors + config.json) here"
+            if downloading
+            else f"Run `lga-zoo download {what}` where the Hub is reachable, or pass a local model folder "
+            "(model.safetensors + config.json) to lga_zoo.load(path)"
+        )
         raise WeightsError(
             f"{what}: {filename} of {repo_id} at revision {revision or 'main'} is not in {where}, and {reason}. "
-            f"Run `lga-zoo download {what}` where the Hub is reachable, or pass a local model folder "
-            f"(model.safetensors + config.json) to lga_zoo.load(path)."
+            f"{todo}."
         ) from None
     except (RepositoryNotFoundError, EntryNotFoundError) as err:
         raise WeightsError(
@@ -182,30 +192,79 @@ def verify_config(path: Path, entry: ZooEntry) -> None:
 
 
 def _load_folder(folder: Path, device, verify: bool) -> ExplainableClassifier:
-    """A local folder: a copy of a zoo model (its config.json matches a pin) must match the weights'
-    pin too; the checkout's own ``model_cards/NAME`` must match both; any other folder is a user's own
-    model: loaded unpinned, ``.entry`` None."""
+    """A local folder. A zoo model's copy (its weights or its config.json match a registry pin, or its
+    config names a zoo model) must match that entry's pins (:func:`_zoo_entry_of_folder`); any other
+    folder is a user's own model: loaded unpinned, ``.entry`` None."""
     if not verify:
         warnings.warn(
             f"loading {folder} with verify=False: its files are not checked against any pin", stacklevel=3
         )
         model = load_model_folder(folder, device)
         return _attach(model, None, f"folder:{folder}")
-    from .folder import read_config
-
-    entry = _entry_for_config(read_config(folder))
-    pinned = entry is not None and entry.has_weights
-    is_checkout_copy = pinned and folder.resolve() == model_card_dir(entry.name).resolve()
-    claims_pin = pinned and (
-        is_checkout_copy
-        or (entry.config_sha256 is not None and sha256_of(folder / CONFIG_NAME) == entry.config_sha256)
-    )
-    if not claims_pin:
+    entry = _zoo_entry_of_folder(folder)
+    if entry is None:
         return _attach(load_model_folder(folder, device), None, f"folder:{folder}")
-    verify_config(folder / CONFIG_NAME, entry)
-    verify_file(folder / WEIGHTS_NAME, entry.sha256, entry.size)
+    is_checkout_copy = folder.resolve() == model_card_dir(entry.name).resolve()
     source = f"checkout:model_cards/{entry.name}" if is_checkout_copy else f"folder:{folder}"
     return _attach(load_model_folder(folder, device), entry, source, entry.sha256)
+
+
+def _zoo_entry_of_folder(folder: Path) -> ZooEntry | None:
+    """The zoo entry whose pinned files ``folder`` holds (both checked), or None for a model of one's
+    own. A folder that holds one pinned file (weights or config.json) but not its pinned partner, or
+    whose config.json names a zoo model but describes it otherwise (labels, preprocessing,
+    architecture), is a forgery of that model: a :class:`WeightsError` naming the entry."""
+    from .folder import read_config
+
+    config = read_config(folder)
+    weights_sha = sha256_of(folder / WEIGHTS_NAME) if (folder / WEIGHTS_NAME).is_file() else None
+    config_sha = sha256_of(folder / CONFIG_NAME)
+    named = _entry_for_config(config)
+    claimed = [
+        e
+        for e in _all_entries()
+        if e.has_weights and (e.sha256 == weights_sha or e.config_sha256 == config_sha)
+    ]
+    if named is not None and named.has_weights and folder.resolve() == model_card_dir(named.name).resolve():
+        claimed.append(named)  # the checkout's own folder is that model, whatever it holds
+    for entry in claimed:
+        try:
+            verify_config(folder / CONFIG_NAME, entry)
+            verify_file(folder / WEIGHTS_NAME, entry.sha256, entry.size)
+        except WeightsError as err:
+            raise WeightsError(
+                f"{folder} is a copy of the zoo model {entry.name} that does not match its pins: {err}"
+            ) from None
+        return entry
+    differences = _differences_from_entry(config, named) if named is not None else []
+    if differences:
+        raise WeightsError(
+            f"{folder}'s config.json names the zoo model {named.name} but differs from it ({'; '.join(differences)}): "
+            f"load {named.name} by name, or give your own model its own name in config.json's lga_zoo.name"
+        )
+    return None
+
+
+def _differences_from_entry(config: dict[str, Any], entry: ZooEntry) -> list[str]:
+    """What a config.json says otherwise than ``entry`` about what its weights mean: architecture,
+    classes, preprocessing, activation (empty when nothing)."""
+    cfg, ours = config["pretrained_cfg"], config.get("lga_zoo", {})
+    said = {
+        "architecture": config["architecture"],
+        "classes": config.get("label_names"),
+        "mean": cfg["mean"],
+        "std": cfg["std"],
+        "input_size": cfg["input_size"],
+        "activation": ours.get("activation", "relu"),
+    }
+    zoo = {key: _plain(getattr(entry, key)) for key in said}
+    return [
+        f"{key} {value!r}, the zoo's {zoo[key]!r}" for key, value in said.items() if _plain(value) != zoo[key]
+    ]
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def load(
@@ -329,13 +388,14 @@ def _fetch(
     offline: bool,
     entry: ZooEntry | None,
     what: str,
+    downloading: bool = False,
 ) -> Path:
     """Download (or find in the cache) config.json and model.safetensors; verify the weights against
     ``entry``'s pin. Returns the snapshot folder."""
-    weights = _download(repo_id, WEIGHTS_NAME, revision, cache_dir, offline, what)
+    weights = _download(repo_id, WEIGHTS_NAME, revision, cache_dir, offline, what, downloading)
     if entry is not None and entry.sha256:
         verify_file(weights, entry.sha256, entry.size, remove_if_bad=True)
-    config = _download(repo_id, CONFIG_NAME, revision, cache_dir, offline, what)
+    config = _download(repo_id, CONFIG_NAME, revision, cache_dir, offline, what, downloading)
     if entry is not None and entry.config_sha256:
         try:
             verify_config(config, entry)
@@ -385,7 +445,7 @@ def download(name: str, revision: str | None = None, cache_dir: str | None = Non
     registry has them (:func:`download_target`); returns the snapshot folder. ``name``: a zoo name
     or ``hf-hub:org/name[@revision]``."""
     repo_id, revision, pinned = download_target(name, revision)
-    folder = _fetch(repo_id, revision, cache_dir, offline_mode(None), pinned, name)
+    folder = _fetch(repo_id, revision, cache_dir, offline_mode(None), pinned, name, downloading=True)
     for extra in (CARD_NAME, RESULTS_NAME):
         try:
             _download(repo_id, extra, revision, cache_dir, offline_mode(None), name)
@@ -470,20 +530,6 @@ def _refuse_results_of_other_weights(folder: Path) -> None:
             f"{str(folder / RESULTS_NAME)!r} measured other weights (sha256 {measured}) than "
             f"{WEIGHTS_NAME} ({weights}); evaluate these weights again or remove it before pushing"
         )
-
-
-def available_here(name: str) -> str:
-    """Where ``name``'s weights are on this machine without a network: ``checkout``, ``cache`` or ``-``."""
-    entry = get_entry(name)
-    if not entry.has_weights:
-        return "-"
-    if (model_card_dir(name) / WEIGHTS_NAME).is_file():
-        return "checkout"
-    try:
-        hf_hub_download(entry.hf_repo_id, WEIGHTS_NAME, revision=entry.revision, local_files_only=True)
-        return "cache"
-    except (LocalEntryNotFoundError, OSError, ValueError):
-        return "-"
 
 
 __all__ = [

@@ -207,6 +207,11 @@ def to_batch(
     elif isinstance(inputs, np.ndarray):
         batch = _array_to_tensor(inputs, channels)[None]
     elif isinstance(inputs, Tensor):
+        if inputs.device.type == "meta":
+            raise InputError(
+                "the tensor is on the meta device and holds no values; pass real pixels (a CPU or GPU "
+                f"tensor); accepted: {ACCEPTED}"
+            )
         batch = inputs.detach()
         if batch.dim() == 3:
             batch = batch[None]

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -241,16 +242,64 @@ def wrap(
 
     Values not given are read from a timm model's ``pretrained_cfg`` where it has one; otherwise
     mean 0, std 1 (no normalization) and input size (3, 224, 224).
+
+    Args:
+        model: a ``torch.nn.Module`` mapping normalized (B, C, H, W) images to logits.
+        mean, std: the normalization the model expects, one number per channel (std > 0).
+        input_size: (C, H, W).
+        labels: one class name per output of the model.
+        interpolation, crop_pct: the resize-and-crop of ``transforms()``.
+
+    Returns:
+        The wrapper; ``model`` itself is not changed.
+
+    Raises:
+        TypeError: ``model`` is not a module.
+        ValueError: a value that cannot work, named (a zero std, a label count that is not the
+            number of outputs).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (an image classifier), got {type(model).__name__}")
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     in_size = tuple(input_size or cfg.get("input_size") or (3, 224, 224))
     channels = in_size[0]
+    mean = mean if mean is not None else cfg.get("mean", (0.0,) * channels)
+    std = std if std is not None else cfg.get("std", (1.0,) * channels)
+    if not all(math.isfinite(float(m)) for m in mean):
+        raise ValueError(f"mean={tuple(mean)} must hold finite numbers")
+    if not all(math.isfinite(float(v)) and float(v) > 0 for v in std):
+        raise ValueError(f"std={tuple(std)} must hold finite numbers > 0 (images are divided by it)")
+    if labels is not None:
+        _check_label_count(model, list(labels), in_size)
     return ExplainableClassifier(
         model,
-        mean=mean if mean is not None else cfg.get("mean", (0.0,) * channels),
-        std=std if std is not None else cfg.get("std", (1.0,) * channels),
+        mean=mean,
+        std=std,
         input_size=in_size,
         labels=labels,
         interpolation=interpolation or cfg.get("interpolation", "bilinear"),
         crop_pct=crop_pct if crop_pct is not None else cfg.get("crop_pct", 1.0),
     )
+
+
+def _check_label_count(model: nn.Module, labels: list[str], input_size: tuple[int, ...]) -> None:
+    """``labels`` must name every output of ``model``: counted on one black image, with the model
+    given back as it was (modes, buffers, gradients)."""
+    from .state import preserved
+
+    reference = next(iter(model.parameters()), None)
+    x = torch.zeros(1, *input_size, device=reference.device if reference is not None else None,
+                    dtype=reference.dtype if reference is not None else None)  # fmt: skip
+    try:
+        with preserved(model), torch.no_grad():
+            outputs = model(x)
+    except Exception as err:  # noqa: BLE001 - any failure gets the same one-line answer
+        raise ValueError(
+            f"input_size={input_size}: the model does not take a (1, {', '.join(map(str, input_size))}) "
+            f"batch ({type(err).__name__}: {err}); give the input_size it takes"
+        ) from None
+    count = outputs.shape[-1] if isinstance(outputs, Tensor) and outputs.dim() == 2 else None
+    if count is not None and count != len(labels):
+        raise ValueError(
+            f"labels has {len(labels)} names, the model has {count} outputs: give one per output"
+        )

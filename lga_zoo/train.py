@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import errno
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterable
@@ -43,6 +45,7 @@ from .folder import (
     write_model_folder,
 )
 from .fused_softplus import fuse_softplus
+from .locks import LOCK_NAME, holding
 from .models import ExplainableClassifier, create_backbone
 from .precision import use_bf16
 from .recipe import Recipe, load_recipe, publishable_path
@@ -201,7 +204,41 @@ def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda file: torch.save(obj, file))
+    """``torch.save(obj)`` into ``path`` atomically: a failed write leaves the last good file. A full
+    disk is an ``OSError`` saying so, with the space needed."""
+    try:
+        atomic_write(path, lambda file: torch.save(obj, file))
+    except (OSError, RuntimeError) as err:
+        needed = _tensor_bytes(obj)
+        free = shutil.disk_usage(path.parent).free
+        if not _is_disk_full(err) and free >= needed:
+            raise
+        kept = f"the last good {path.name} is kept" if path.is_file() else f"no {path.name} was written"
+        raise OSError(
+            f"no space left on {path.parent} (needed about {needed / 1e6:.0f} MB, {free / 1e6:.0f} MB free); "
+            f"{kept}: free some space and continue with --resume",
+        ) from None
+
+
+def _is_disk_full(err: BaseException | None) -> bool:
+    """Whether ``err`` or an error it arose from is ENOSPC (torch.save turns one into a RuntimeError
+    "unexpected pos")."""
+    while err is not None:
+        if getattr(err, "errno", None) == errno.ENOSPC:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in ``obj`` (nested dicts, lists and tuples): about a checkpoint's size."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 RESUMABLE_CHANGES = ("epochs", "eval_every")
@@ -645,8 +682,31 @@ def train(
     every ``progress_seconds``. ``resume=True`` continues from it (mid-epoch too, with the same batches
     and random draws as an uninterrupted run); a fine-tune whose init folder holds other weights than
     when it started is refused. Without ``resume`` a folder that already holds a run is
-    refused rather than overwritten, unless ``overwrite=True`` (which starts afresh).
+    refused rather than overwritten, unless ``overwrite=True`` (which starts afresh). The run holds
+    ``OUT/.lga-zoo.lock`` (:mod:`lga_zoo.locks`): a second run into the same ``out`` is refused while
+    this one lives, naming its PID.
     """
+    settings = dict(resume=resume, device=device, progress=progress, checkpoint_seconds=checkpoint_seconds,
+                    progress_seconds=progress_seconds, workers=workers, overwrite=overwrite)  # fmt: skip
+    if _rank_world()[0] != 0:  # the main process holds the lock for all of them
+        return _train(recipe, data_dir, Path(out), **settings)
+    with holding(Path(out) / LOCK_NAME, f"the run folder {out}"):
+        return _train(recipe, data_dir, Path(out), **settings)
+
+
+def _train(
+    recipe: Recipe,
+    data_dir: str | os.PathLike,
+    out: Path,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    checkpoint_seconds: float = 600.0,
+    progress_seconds: float = 60.0,
+    workers: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """:func:`train` once the run folder's lock is held."""
     rank, world_size, local_rank = _rank_world()
     out = Path(out)
     if overwrite and resume:
@@ -793,34 +853,11 @@ def _load_checkpoint(ckpt_path: Path) -> dict:
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The parser of ``python -m lga_zoo.train`` (or ``parser`` with the same arguments added)."""
+    from .arguments import add_train_arguments
+
     parser = parser or argparse.ArgumentParser(prog="lga-zoo train", description=__doc__.splitlines()[0])
-    parser.add_argument("recipe", help="recipe YAML (recipes/NAME.yaml)")
-    parser.add_argument(
-        "--data-dir",
-        required=True,
-        help="cifar10: cifar-10-batches-py, train/ and test/ class folders, or cifar10-jpeg.tar.gz; "
-        "folder and imagenet100: DIR/train/<class>/* and DIR/val/<class>/*",
-    )
-    parser.add_argument("--out", help="output folder (default runs/<recipe name>)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start afresh in an OUT that holds a run (its checkpoint and logs are replaced)",
-    )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--workers", type=int, default=0, help="processes decoding folder images (default 0: in the main one)"
-    )
-    parser.add_argument(
-        "--checkpoint-minutes",
-        type=float,
-        default=10.0,
-        help="also checkpoint within an epoch this often (default 10; every epoch end regardless)",
-    )
-    return parser
+    return add_train_arguments(parser)
 
 
 def run_from_args(args: argparse.Namespace) -> Path:
