@@ -17,7 +17,7 @@ from .registry import get_entry, list_models
 __version__ = "0.1.0"
 
 _LAZY = {
-    "compare": ".compare",
+    "compare": ".comparison",
     "Explanation": ".explanation",
     "load": ".hub",
     "ExplainableClassifier": ".models",

@@ -72,7 +72,7 @@ def _map_paths(images: list[str], out: Path, method: str) -> list[Path]:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import compare
+    from .comparison import compare
     from .inputs import open_image
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]

@@ -10,7 +10,7 @@ from PIL import Image
 import lga_zoo
 from lga_zoo import cli
 from lga_zoo.attacks import random_perturbation
-from lga_zoo.compare import compare
+from lga_zoo.comparison import compare
 from lga_zoo.data import CIFAR10_CLASSES
 from lga_zoo.metrics import topk_intersection
 
@@ -226,3 +226,10 @@ def test_stability_refuses_a_softplus_beta_that_is_not_finite_and_positive(model
     """A NaN beta made the attacked input NaN and still gave a plausible attack score (0.19)."""
     with pytest.raises(ValueError, match="softplus_beta=.* must be a finite positive number"):
         model.explain(photos[0], stability={"softplus_beta": beta})
+
+
+def test_the_package_compare_stays_the_function_after_its_module_is_imported():
+    import importlib
+
+    importlib.import_module("lga_zoo.comparison")
+    assert lga_zoo.compare is compare
