@@ -516,7 +516,6 @@ def _add_apgd_into(
 ) -> int:
     """The APGD addition of ``_add_to_results`` once its outputs are held."""
     from .evaluate import run_apgd_addition
-    from .folder import atomic_write_text
 
     merged, done = run_apgd_addition(
         args.model,
@@ -536,21 +535,8 @@ def _add_apgd_into(
     wanted = results["data"]["n_robustness"]
     if _rank_world()[0] != 0:
         return 0 if done == wanted else 3
-    if done < wanted:
-        print(
-            f"stopped after {done} of {wanted} images (--max-minutes); {out} unchanged; continue with the same "
-            "command and --resume",
-            file=sys.stderr,
-        )
-        return 3
-    if "apgd" in results["accuracy"]:
-        print(f"replacing the APGD figures {out} held")
-    atomic_write_text(out, json.dumps(merged, indent=2) + "\n")
-    state.unlink(missing_ok=True)
-    print(f"APGD added to {out}")
-    _print_apgd(merged)
-    _refresh_cards(args, merged, out, own_folder)
-    return 0
+    had = "apgd" in results["accuracy"]
+    return _write_addition(args, "APGD figures", had, merged, (done, wanted), out, state, own_folder)
 
 
 def _add_quantus(
@@ -564,7 +550,6 @@ def _add_quantus(
     """``--add quantus``: the Quantus scores on the first --quantus-images robustness images of ``results``."""
     import logging
 
-    from .folder import atomic_write_text
     from .quantus_scores import QuantusSettings, run_quantus_addition
 
     if not args.no_progress:
@@ -585,6 +570,25 @@ def _add_quantus(
         stop_after_seconds=args.max_minutes * 60 if args.max_minutes else None,
         what=str(out),
     )
+    had = "quantus" in results
+    return _write_addition(args, "Quantus scores", had, merged, (done, wanted), out, state, own_folder)
+
+
+def _write_addition(
+    args: argparse.Namespace,
+    label: str,
+    replacing: bool,
+    merged: dict,
+    progress: tuple[int, int],
+    out: Path,
+    state: Path,
+    own_folder: Path | None,
+) -> int:
+    """Write a completed ``--add`` (``label``: "APGD figures" or "Quantus scores") into ``out``, print
+    its figures and refresh the cards; exit code 3 when it stopped early (``progress``: done, wanted)."""
+    from .folder import atomic_write_text
+
+    done, wanted = progress
     if done < wanted:
         print(
             f"stopped after {done} of {wanted} images (--max-minutes); {out} unchanged; continue with the same "
@@ -592,12 +596,12 @@ def _add_quantus(
             file=sys.stderr,
         )
         return 3
-    if "quantus" in results:
-        print(f"replacing the Quantus scores {out} held")
+    if replacing:
+        print(f"replacing the {label} {out} held")
     atomic_write_text(out, json.dumps(merged, indent=2) + "\n")
     state.unlink(missing_ok=True)
-    print(f"Quantus scores added to {out}")
-    _print_quantus(merged)
+    print(f"{label} added to {out}")
+    (_print_apgd if label.startswith("APGD") else _print_quantus)(merged)
     _refresh_cards(args, merged, out, own_folder)
     return 0
 

@@ -59,24 +59,15 @@ def evaluated_reason(name: str, n_images: int, repo: Path = REPO) -> str | None:
     return None
 
 
-def apgd_reason(name: str, repo: Path = REPO) -> str | None:
-    """``None`` when ``model_cards/NAME/results.json`` holds the APGD robust accuracy; else why not."""
+def addition_reason(name: str, section: str, repo: Path = REPO) -> str | None:
+    """``None`` when ``model_cards/NAME/results.json`` holds ``section`` ("apgd": accuracy.apgd;
+    "quantus": the Quantus scores); else why not."""
     path = repo / "model_cards" / name / "results.json"
     if not path.is_file():
         return f"{name} has no results.json"
-    if "apgd" not in json.loads(path.read_text()).get("accuracy", {}):
-        return f"{name}'s results hold no APGD robust accuracy"
-    return None
-
-
-def quantus_reason(name: str, repo: Path = REPO) -> str | None:
-    """``None`` when ``model_cards/NAME/results.json`` holds the Quantus scores; else why not."""
-    path = repo / "model_cards" / name / "results.json"
-    if not path.is_file():
-        return f"{name} has no results.json"
-    if "quantus" not in json.loads(path.read_text()):
-        return f"{name}'s results hold no Quantus scores"
-    return None
+    results = json.loads(path.read_text())
+    held = results.get("accuracy", {}) if section == "apgd" else results
+    return None if section in held else f"{name}'s results hold no {section} figures"
 
 
 def started_elsewhere(run: Path) -> str | None:
@@ -97,10 +88,8 @@ def main(argv: list[str]) -> int:
         reason = trained_reason(argv[1])
     elif len(argv) == 3 and argv[0] == "evaluated" and argv[2].isdigit():
         reason = evaluated_reason(argv[1], int(argv[2]))
-    elif len(argv) == 2 and argv[0] == "has-apgd":
-        reason = apgd_reason(argv[1])
-    elif len(argv) == 2 and argv[0] == "has-quantus":
-        reason = quantus_reason(argv[1])
+    elif len(argv) == 2 and argv[0] in ("has-apgd", "has-quantus"):
+        reason = addition_reason(argv[1], argv[0].removeprefix("has-"))
     elif len(argv) == 2 and argv[0] == "started-elsewhere":
         elsewhere = started_elsewhere(Path(argv[1]))
         print(
