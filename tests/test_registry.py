@@ -174,6 +174,7 @@ def test_published_files_hold_no_machine_paths():
         p for p in (REPO / "model_cards").rglob("*") if p.is_file() and p.suffix in (".json", ".md", ".jsonl")
     ]
     published += [REPO / "README.md", REPO / "lga_zoo" / "zoo.json", *(REPO / "recipes").rglob("*.yaml")]
+    published += list((REPO / "docs").rglob("*.md"))
     for path in published:
         text = path.read_text()
         for marker in ("/work/", "/root/", "/home/", "/tmp/", "../shared/", "C:\\\\"):
