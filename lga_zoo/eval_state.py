@@ -93,17 +93,26 @@ def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return found + [key for key in ("weights", "data") if saved[key] != current[key]]
 
 
-def load_state(path: Path, fingerprint: dict[str, Any], generator: torch.Generator) -> Measured:
-    """The measurements saved in ``path``; sets ``generator`` to the saved state. Raises ValueError
-    when the file is not an evaluation state or was made with other settings, weights or data."""
+def read_state_file(
+    path: Path, framework: str, state_format: str, what: str
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """(metadata, tensors) of the safetensors state file ``path``, read as ``framework`` ("pt" or
+    "numpy"); a ValueError naming ``what`` when it is unreadable or not of ``state_format``."""
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework=framework) as f:
             metadata = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except Exception as error:  # safetensors raises its own error types for a damaged file
-        raise ValueError(f"{path} is not a readable evaluation state ({error})") from None
-    if metadata.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not an lga-zoo evaluation state (format {metadata.get('format')!r})")
+        raise ValueError(f"{path} is not a readable {what} ({error})") from None
+    if metadata.get("format") != state_format:
+        raise ValueError(f"{path} is not an lga-zoo {what} (format {metadata.get('format')!r})")
+    return metadata, tensors
+
+
+def load_state(path: Path, fingerprint: dict[str, Any], generator: torch.Generator) -> Measured:
+    """The measurements saved in ``path``; sets ``generator`` to the saved state. Raises ValueError
+    when the file is not an evaluation state or was made with other settings, weights or data."""
+    metadata, tensors = read_state_file(path, "pt", STATE_FORMAT, "evaluation state")
     different = _differences(json.loads(metadata["fingerprint"]), fingerprint)
     if different:
         raise ValueError(

@@ -352,16 +352,9 @@ def save_state(path: Path, per_image: dict[str, np.ndarray], done: int, fingerpr
 def load_state(path: Path, fingerprint: dict[str, Any]) -> tuple[dict[str, np.ndarray], int]:
     """(per-image values, images done) saved in ``path``; a ValueError when it is no Quantus state or
     was saved with other settings, weights or data."""
-    from safetensors import safe_open
+    from .eval_state import read_state_file
 
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            metadata = f.metadata() or {}
-            per_image = {key: f.get_tensor(key) for key in f.keys()}
-    except Exception as error:  # safetensors raises its own error types for a damaged file
-        raise ValueError(f"{path} is not a readable Quantus state ({error})") from None
-    if metadata.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not an lga-zoo Quantus state (format {metadata.get('format')!r})")
+    metadata, per_image = read_state_file(path, "numpy", STATE_FORMAT, "Quantus state")
     if json.loads(metadata["fingerprint"]) != fingerprint:
         raise ValueError(
             f"{path} was saved with other settings, weights or data; resume with the same ones, or delete it"

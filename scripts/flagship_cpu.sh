@@ -63,17 +63,12 @@ evaluate() {  # evaluate NAME N N_SLOW: N robustness images (IG on N_SLOW), publ
     --state "$RUNS/$1/eval_state_$2.safetensors" --resume || return 1
   mkdir -p "$RUNS/$1" && cp "model_cards/$1/results.json" "$RUNS/$1/results_$2.json"
 }
-add_apgd() {  # add_apgd NAME: AutoAttack's APGD-CE + APGD-T (fp32) on the robustness images of its published results
-  python scripts/flagship_state.py has-apgd "$1" && return 0
-  lga-zoo evaluate "$1" --data-dir "$DATA" --add apgd --batch-size 50 --publish --no-progress \
-    --state "$RUNS/$1/apgd_state.safetensors" --resume || return 1
-  mkdir -p "$RUNS/$1" && cp "model_cards/$1/results.json" "$RUNS/$1/results_apgd.json"
-}
-add_quantus() {  # add_quantus NAME: Quantus' Max-Sensitivity, LLE, RIS and ROAD on 200 of its robustness images
-  python scripts/flagship_state.py has-quantus "$1" && return 0
-  lga-zoo evaluate "$1" --data-dir "$DATA" --add quantus --batch-size 50 --publish --no-progress \
-    --state "$RUNS/$1/quantus_state.safetensors" --resume || return 1
-  mkdir -p "$RUNS/$1" && cp "model_cards/$1/results.json" "$RUNS/$1/results_quantus.json"
+add() {  # add WHAT NAME: lga-zoo evaluate --add WHAT (apgd: APGD-CE + APGD-T in fp32; quantus: Quantus'
+  # Max-Sensitivity, LLE, RIS and ROAD on 200 images) on the robustness images of its published results
+  python scripts/flagship_state.py "has-$1" "$2" && return 0
+  lga-zoo evaluate "$2" --data-dir "$DATA" --add "$1" --batch-size 50 --publish --no-progress \
+    --state "$RUNS/$2/$1_state.safetensors" --resume || return 1
+  mkdir -p "$RUNS/$2" && cp "model_cards/$2/results.json" "$RUNS/$2/results_$1.json"
 }
 # The headline first: the LGA model and its control (about 43 and 11 min on a 2-core CPU with native
 # bf16), the LGA evaluation (about 1 h), then the rest. Each step publishes, so commit as they land.
@@ -91,15 +86,15 @@ for name in lga_l2_0p05 adversarial_eps2 hessian_lam5em6 adversarial_eps1 gradno
   lga_l2_0p4 gradnorm_lam0p02; do
   step "train_$name" train "resnet18_cifar10_$name" float16
   step "eval_${name}_500" evaluate "resnet18_cifar10_$name" 500 200
-  step "apgd_$name" add_apgd "resnet18_cifar10_$name"
-  step "quantus_$name" add_quantus "resnet18_cifar10_$name"
+  step "apgd_$name" add apgd "resnet18_cifar10_$name"
+  step "quantus_$name" add quantus "resnet18_cifar10_$name"
   [ -s "$bench" ] || step bench_train_step sh -c "python benchmarks/train_step.py --arch resnet18_cifar \
     --regularizers none,lga,hessian,gradnorm,adversarial,trades --steps 3 > '$bench.tmp' && mv '$bench.tmp' '$bench'"
 done
 # The published models evaluated before APGD and Quantus existed: those figures added on the same images.
 for name in resnet18_cifar10_standard resnet18_cifar10_control resnet18_cifar10_lga resnet18_cifar10_hessian \
   resnet18_w16_cifar10_standard resnet18_w16_cifar10_control resnet18_w16_cifar10_lga; do
-  step "apgd_$name" add_apgd "$name"
-  step "quantus_$name" add_quantus "$name"
+  step "apgd_$name" add apgd "$name"
+  step "quantus_$name" add quantus "$name"
 done
 log "queue finished"
